@@ -168,7 +168,7 @@ def init_classifier(m: nn.Module):
         nn.init.normal_(m.weight, std=0.001)
         if m.bias is not None: nn.init.zeros_(m.bias)
 
-# %% ../nbs/03_model.ipynb #9d73c0d9
+# %% ../nbs/03_model.ipynb #10f6b672
 class ReidModel(nn.Module):
     "Backbone -> GAP -> [Linear to feat_dim] -> [BNNeck] -> bias-free classifier."
     def __init__(self, backbone: nn.Module, num_classes: int, feat_dim: int | None = None, neck="bnneck",
@@ -191,12 +191,16 @@ class ReidModel(nn.Module):
         "Global feature before the BNNeck: images [B,C,H,W] -> [B, feat_dim]."
         return self.reduction(F.adaptive_avg_pool2d(self.backbone(x), 1).flatten(1))
 
+    def _embed_once(self, x):
+        feat = self.features(x)
+        return self.bottleneck(feat) if self.neck_feat == "after" else feat
+
     def embed(self, x):
         "Evaluation embedding [B, feat_dim] (before/after the BNNeck by `neck_feat`; flip-averaged if asked)."
-        if self.with_flip_feature: x = torch.cat([x, x.flip(3)])
-        feat = self.features(x)
-        if self.neck_feat == "after": feat = self.bottleneck(feat)
-        if self.with_flip_feature: feat = (feat[: len(feat) // 2] + feat[len(feat) // 2:]) / 2
+        feat = self._embed_once(x)
+        # Two passes rather than one over a doubled batch: no batch-size arithmetic, so the traced
+        # ONNX graph keeps its dynamic batch axis.
+        if self.with_flip_feature: feat = (feat + self._embed_once(x.flip(3))) / 2
         return feat
 
     def forward(self, x):
