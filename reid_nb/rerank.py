@@ -82,25 +82,83 @@ def k_reciprocal_dense(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 
     del original_dist, V, jaccard_dist
     return final_dist[:query_num, query_num:]
 
-# %% ../nbs/06_rerank.ipynb #8f518eb8
-def _topk_blocks(feat, query_num, k, lambda_value, block_size):
+# %% ../nbs/06_rerank.ipynb #00f7cfcc
+def _bf16_error_bound(feat, fb):
+    """Bound on |bf16 product - exact dot product| for any two rows of `feat` [N,D] (bf16 copy `fb`):
+    input rounding (Cauchy-Schwarz on the rounding residuals), fp32 accumulation, and rounding the
+    result to bf16 (half an ulp for values below 1 in magnitude)."""
+    lo, hi = (feat - fb.float()).norm(dim=1).max().item(), fb.float().norm(dim=1).max().item()
+    return 2 * lo * hi + lo * lo + 2.0 ** -9 + 2 * feat.shape[1] * 2.0 ** -23
+
+def _exact_dist(featn, f2, rows, cols, step=32):
+    """fp32 squared distances [R,C] between rows `rows` [R] and their columns `cols` [R,C] (numpy `featn`, norms
+    `f2`), `step` rows at a time so that the gathered features [step,C,D] stay in cache."""
+    s = np.empty(cols.shape, np.float32)
+    for a in range(0, len(rows), step):
+        s[a:a + step] = np.matmul(featn[cols[a:a + step]], featn[rows[a:a + step], :, None])[..., 0]
+    return np.maximum(f2[rows][:, None] + f2[cols] - 2 * s, 0)
+
+def _exact_rows(feat, f2, rows, k, buf):
+    """fp32 distances of `rows` to all N images, less the row's own |x|^2 (a per-row constant: same order), in `buf`
+    -> (k nearest [R,k], their distances, row max [R], the partial rows [R,N] and the missing constant [R])."""
+    d, r = buf[:len(rows)], torch.from_numpy(rows)
+    torch.addmm(f2[None], feat[r], feat.T, alpha=-2, out=d)         # |g|^2 - 2 x.g
+    v, i = torch.topk(d, k, dim=1, largest=False, sorted=True)
+    return i.numpy(), (v + f2[r, None]).clamp_min_(0).numpy(), (d.amax(1) + f2[r]).numpy(), d, f2[r]
+
+# %% ../nbs/06_rerank.ipynb #f0941b41
+def _bf16_is_fast() -> bool:
+    "bf16 products pay off only on CPUs with bf16 dot-product instructions (AVX512-BF16 or AMX)."
+    try: flags = open("/proc/cpuinfo").read()
+    except OSError: return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+def _topk_blocks(feat, query_num, k, lambda_value, block_size, candidates=None, bf16=None):
     """Pass 1. L2-normalised feat [N,D] -> (nn [N,k] int64 nearest first, nd [N,k] their row-normalised
-    distances, rowmax [N], out [Q,G] = lambda * row-normalised original distances)."""
-    N = feat.shape[0]
-    f2 = (feat * feat).sum(1)
-    nn, nd = torch.empty(N, k, dtype=torch.int64), torch.empty(N, k)
-    rowmax = torch.empty(N)
-    out = np.empty((query_num, N - query_num), np.float32)
-    for s in range(0, N, block_size):
-        d = _dist_block(feat[s:s + block_size], feat, f2)           # [b, N]
-        e = s + len(d)
-        rowmax[s:e] = m = d.max(1).values
-        v, nn[s:e] = torch.topk(d, k, dim=1, largest=False, sorted=True)
-        nd[s:e] = v / m[:, None]
-        if s < query_num:
-            e = min(query_num, e)
-            out[s:e] = d[:e - s, query_num:].div_(m[:e - s, None]).mul_(lambda_value).numpy()
-    return nn.numpy(), nd.numpy(), rowmax.numpy(), out
+    distances, rowmax [N], out [Q,G] = lambda * row-normalised original distances). Query rows are
+    exact fp32; gallery rows are searched in bf16 and their `candidates` best checked in fp32 (`bf16=None`:
+    when the CPU has bf16 instructions; without them every row takes the exact fp32 path)."""
+    N, Q = feat.shape[0], query_num
+    f2t = (feat * feat).sum(1)
+    f2, featn = f2t.numpy(), feat.numpy()
+    nn, nd, rowmax = np.empty((N, k), np.int64), np.empty((N, k), np.float32), np.empty(N, np.float32)
+    out = np.empty((Q, N - Q), np.float32)
+    buf = torch.empty(min(block_size, N), N)
+    def exact(rows):
+        i, v, m, d, x2 = _exact_rows(feat, f2t, rows, k, buf)
+        nn[rows], nd[rows], rowmax[rows] = i, v / m[:, None], m
+        return torch.from_numpy(lambda_value / m)[:, None], d, x2[:, None]
+    for s in range(0, Q, block_size):                               # query rows: exact, and into `out`
+        e = min(Q, s + block_size)
+        scale, d, x2 = exact(np.arange(s, e))                       # out = lambda (d + |x|^2) / max
+        torch.addcmul(x2 * scale, d[:, Q:], scale, out=torch.from_numpy(out[s:e]))
+    if not (_bf16_is_fast() if bf16 is None else bf16):
+        for s in range(Q, N, block_size): exact(np.arange(s, min(N, s + block_size)))
+        return nn, nd, rowmax, out
+    C, L = min(N, candidates or k + 40), min(N, 8)
+    fb = feat.bfloat16()
+    eps = _bf16_error_bound(feat, fb)
+    sb_buf = torch.empty(min(block_size, N), N, dtype=torch.bfloat16)
+    redo = []
+    for s in range(Q, N, block_size):                               # gallery rows: bf16 search, fp32 check
+        e = min(N, s + block_size)
+        rows, sb = np.arange(s, e), torch.mm(fb[s:e], fb.T, out=sb_buf[:e - s])   # approximate similarities
+        v, c = torch.topk(sb, C, dim=1, sorted=False)                # C most similar: nearest candidates
+        w, c2 = torch.topk(sb, L, dim=1, largest=False, sorted=False)   # L least similar: farthest candidates
+        c, c2 = c.numpy(), c2.numpy()
+        vC, wL = v.amin(1).float().numpy(), w.amax(1).float().numpy()   # bounds for all the others
+        dc = _exact_dist(featn, f2, rows, c)
+        o = np.argsort(dc, 1, kind="stable")[:, :k]
+        dk, m = np.take_along_axis(dc, o, 1), _exact_dist(featn, f2, rows, c2).max(1)
+        nn[s:e], nd[s:e], rowmax[s:e] = np.take_along_axis(c, o, 1), dk / m[:, None], m
+        # any other image has sim <= vC + eps (so it is farther than the k-th) and >= wL - eps (so nearer than the
+        # farthest); |vC|, |wL| < 0.98 keep every image near those bounds below 1, where bf16 rounds to half of 2^-8
+        sure = ((dk[:, -1] < f2[rows] + f2.min() - 2 * (vC + eps)) & (m >= f2[rows] + f2.max() - 2 * (wL - eps))
+                & (np.abs(vC) < 0.98) & (np.abs(wL) < 0.98))
+        redo.append(rows[~sure])
+    redo = np.concatenate(redo) if redo else np.empty(0, np.int64)
+    for s in range(0, len(redo), block_size): exact(redo[s:s + block_size])
+    return nn, nd, rowmax, out
 
 # %% ../nbs/06_rerank.ipynb #68190164
 def _reciprocal(nn_rows, rows, table):
@@ -179,7 +237,7 @@ def _query_expansion(V, top, k2, chunk):
     indptr[1:] += np.repeat(np.cumsum([0] + [p[0][-1] for p in parts[:-1]]), [len(p[0]) - 1 for p in parts])
     return indptr, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
-# %% ../nbs/06_rerank.ipynb #92c1f480
+# %% ../nbs/06_rerank.ipynb #5fd64d02
 def _jaccard_into(out, V, query_num, lambda_value, max_pairs):
     "Add (1 - lambda) * jaccard to `out` [Q,G] in place, query rows only."
     indptr, indices, data = V
@@ -201,9 +259,10 @@ def _jaccard_into(out, V, query_num, lambda_value, max_pairs):
         n = inv_len[l]
         rep = np.repeat(np.arange(hi - lo), n)
         at = np.repeat(inv_ptr[l] - np.cumsum(n) + n, n) + np.arange(n.sum())
-        t = np.bincount(ql[rep] * G + inv_row[at], weights=np.minimum(v[rep], inv_val[at]), minlength=(e - s) * G)
-        t = t.reshape(e - s, G).astype(np.float32)
-        out[s:e] += (1 - t / (2 - t)) * (1 - lambda_value)
+        key, w = torch.from_numpy(ql[rep] * G + inv_row[at]), torch.from_numpy(np.minimum(v[rep], inv_val[at]))
+        t = torch.bincount(key, weights=w, minlength=(e - s) * G).view(e - s, G)   # float32 overlaps
+        r = torch.sub(2, t, out=t).reciprocal_()                    # jaccard = 1 - t / (2 - t) = 2 - 2 / (2 - t)
+        torch.from_numpy(out[s:e]).add_(r, alpha=-2 * (1 - lambda_value)).add_(2 * (1 - lambda_value))
         s = e
 
 # %% ../nbs/06_rerank.ipynb #652e6d93

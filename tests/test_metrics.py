@@ -138,3 +138,28 @@ def test_rerank_errors_name_the_spec_key():
     with pytest.raises(RerankError, match="re_ranking.k2"): k_reciprocal(qf, gf, k1=3, k2=0)
     with pytest.raises(RerankError, match="re_ranking.lambda_value"): k_reciprocal(qf, gf, lambda_value=-0.1)
     with pytest.raises(RerankError, match="same D"): k_reciprocal(qf, gf[:, :2])
+
+
+@pytest.mark.parametrize("candidates, bf16", [(None, True), (12, True), (5, True), (None, False)])
+def test_rerank_neighbour_search_is_exact(candidates, bf16):
+    # Gallery rows are searched in bf16 and checked in fp32; a short shortlist (5 = k) forces the fp32 redo;
+    # bf16=False is the all-fp32 path taken on CPUs without bf16 instructions.
+    from reid_nb.rerank import _topk_blocks
+    qf, gf, *_ = clustered(30, 5, 48, 0.8, 4)
+    f = torch.nn.functional.normalize(torch.cat([qf, gf]), dim=1)
+    nn, nd, mx, out = _topk_blocks(f, len(qf), 5, 0.3, block_size=40, candidates=candidates, bf16=bf16)
+    full = compute_distmat(f, f)
+    np.testing.assert_array_equal(np.sort(nn, 1), np.sort(np.argsort(full, 1)[:, :5], 1))
+    np.testing.assert_allclose(mx, full.max(1), rtol=1e-6)
+    np.testing.assert_allclose(nd, np.sort(full / full.max(1, keepdims=True), 1)[:, :5], atol=1e-6)
+    np.testing.assert_allclose(out, 0.3 * (full / full.max(1, keepdims=True))[:len(qf), len(qf):], atol=1e-6)
+
+
+def test_rerank_matches_dense_on_nonnegative_wide_features():
+    # ReLU-like features (all similarities >= 0) in 512 dimensions: a wider bf16 error bound, same answer.
+    qf, gf, qp, gp, qc, gc = clustered(30, 6, 512, 1.0, 5)
+    qf, gf = qf.clamp_min(0), gf.clamp_min(0)
+    ref, got = k_reciprocal_dense(qf, gf), k_reciprocal(qf, gf, block_size=64)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    mr, mg = evaluate(ref, qp, gp, qc, gc), evaluate(got, qp, gp, qc, gc)
+    assert abs(mr["mAP"] - mg["mAP"]) <= 1e-3 and abs(mr["cmc"][0] - mg["cmc"][0]) <= 1e-3
