@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-slow nbtest pytest sync-check export clean-nbs docs bench clean
+.PHONY: venv demo test test-slow nbtest pytest sync-check export clean-nbs docs browser-deps bench clean
 
 venv: $(STAMP)
 
@@ -26,20 +26,31 @@ sync-check: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash .ci/check-sync
 
 nbtest: $(STAMP)
-	$(BIN)/nbdev_test --n_workers 2
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" tests
 
 ## Everything, the slow checks included.
 test-slow: $(STAMP) sync-check
-	$(BIN)/nbdev_test --n_workers 2 --flags slow
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --flags slow
 	$(BIN)/python -m pytest tests
 
 ## Regenerate reid_nb/ from nbs/ and strip notebook noise (run after editing a notebook).
 export: $(STAMP)
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
+
+## The documentation site, built offline from nbs/ into _site/ (open _site/index.html):
+## every notebook a page with the outputs of a fresh run, and the API from the docstrings.
+docs: $(STAMP)
+	$(BIN)/python docs/build.py
+
+## Headless Chromium, for the test that opens the built site (Debian package; apt-get needs root).
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
