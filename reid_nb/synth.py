@@ -412,7 +412,7 @@ def synth_overrides(root) -> list[str]:
     return [f"dataset.train_dataset_dir={root / 'bounding_box_train'}", f"dataset.query_dataset_dir={root / 'query'}",
             f"dataset.test_dataset_dir={root / 'bounding_box_test'}", f"dataset.num_classes={man['num_classes']}"]
 
-# %% ../nbs/01a_synth.ipynb #6afd3bdb
+# %% ../nbs/01a_synth.ipynb #7531c76f
 def histogram_features(path, bins: int = 8) -> np.ndarray:
     "Square-rooted joint RGB histogram [bins**3] of the central region of an image (middle half across, most of the height)."
     a = np.asarray(Image.open(path).convert("RGB"))
@@ -421,19 +421,12 @@ def histogram_features(path, bins: int = 8) -> np.ndarray:
     hist = np.bincount((a[:, 0] * bins + a[:, 1]) * bins + a[:, 2], minlength=bins ** 3).astype(np.float32)
     return np.sqrt(hist / hist.sum())
 
-def _records(directory, gallery: bool):
-    out = []
-    for p in sorted(Path(directory).glob("*.jpg")):
-        m = NAME_RE.match(p.name)
-        if m and int(m[1]) != -1 and (gallery or int(m[1]) != 0): out.append((p, int(m[1]), int(m[2])))
-    return out
-
 def histogram_baseline(root, bins: int = 8) -> dict:
     "mAP and rank-1 of colour-histogram retrieval on the query/gallery of the synthetic set in `root`."
+    from reid_nb.data import read_split
     from reid_nb.metrics import compute_distmat, evaluate
     root = Path(root)
-    q, g = _records(root / "query", False), _records(root / "bounding_box_test", True)
-    if not q or not g: raise SynthError(f"{root}: no query or gallery images; run make_dataset first")
+    q, g = read_split(root / "query", "query"), read_split(root / "bounding_box_test", "gallery")
     feats = lambda rs: np.stack([histogram_features(p, bins) for p, _, _ in rs])
     col = lambda rs, i: np.array([r[i] for r in rs])
     res = evaluate(compute_distmat(feats(q), feats(g)), col(q, 1), col(g, 1), col(q, 2), col(g, 2))
