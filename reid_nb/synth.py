@@ -306,8 +306,8 @@ class Shot:
     def key(self) -> tuple[int, ...]:
         return (KINDS.index(self.kind), self.pid + 1, self.camid, self.frame, self.box)
 
-# %% ../nbs/01a_synth.ipynb #6562ddb4
-def plan_dataset(num_train_ids=100, num_test_ids=100, num_cameras=6, images_per_id=14,
+# %% ../nbs/01a_synth.ipynb #6a374831
+def plan_dataset(num_train_ids=300, num_test_ids=100, num_cameras=6, images_per_id=14,
                  num_distractors=100, num_junk=100, seed=0) -> list[Shot]:
     "Every image of the set, without pixels: split, id, camera, frame and box (cheap and deterministic)."
     rng = np.random.default_rng([seed, 0])
@@ -357,8 +357,8 @@ def _complete(root: Path, params: dict, shots) -> bool:
         if not (root / s).is_dir() or {p.name for p in (root / s).glob("*.jpg")} != want: return False
     return True
 
-# %% ../nbs/01a_synth.ipynb #235451c3
-def make_dataset(root, num_train_ids: int = 100, num_test_ids: int = 100, num_cameras: int = 6,
+# %% ../nbs/01a_synth.ipynb #f6141032
+def make_dataset(root, num_train_ids: int = 300, num_test_ids: int = 100, num_cameras: int = 6,
                  images_per_id: int = 14, seed: int = 0, height: int = 128, width: int = 64,
                  num_distractors: int | None = None, num_junk: int | None = None, verbose: bool = False) -> Path:
     "Write (or find) a Market-1501-format synthetic set in `root` (distractors, junk: one per test id by default)."

@@ -53,10 +53,10 @@ def test_market_protocol(synth_root):
     assert sum(r.pid == 0 for r in gallery) == 12
 
 
-def test_default_plan_is_3000_images():
+def test_default_plan_is_5800_images():
     shots = plan_dataset()
-    assert len(shots) == 3000
-    assert len({(s.split, s.name) for s in shots}) == 3000
+    assert len(shots) == 5800
+    assert len({(s.split, s.name) for s in shots}) == 5800
     assert {s.pid for s in shots if s.pid <= 0 and s.split != "bounding_box_test"} == set()
 
 
@@ -119,5 +119,5 @@ def test_histogram_baseline_is_weak(synth_root):
 @pytest.mark.slow
 def test_histogram_baseline_default_set(tmp_path):
     root = make_dataset(tmp_path / "full")
-    assert sum(len(_names(root, s)) for s in SPLITS) == 3000
+    assert sum(len(_names(root, s)) for s in SPLITS) == 5800
     assert histogram_baseline(root)["mAP"] < 0.5
