@@ -46,20 +46,23 @@ def train_images_per_s(spec, device, channels_last, amp=False, batch=64, steps=3
 
 def loader_images_per_s(spec, batches=8):
     "Images/s the training loader delivers (default num_workers, train transforms) on a synthetic set."
-    from reid_nb.data import load_data, make_train_loader
+    from reid_nb.data import load_data, make_train_loader, set_epoch
     from reid_nb.synth import make_dataset, synth_overrides
-    root = make_dataset(tempfile.mkdtemp(prefix="reid_bench_"), num_train_ids=64, num_test_ids=8, seed=0)
-    spec = load_spec(spec.to_dict(), [o for o in synth_overrides(root)])
-    loader = make_train_loader(spec, load_data(spec, verbose=False).train)
-    loader.batch_sampler.set_epoch(0) if hasattr(loader.batch_sampler, "set_epoch") else loader.sampler.set_epoch(0)
-    it = iter(loader)
-    next(it)  # worker start-up
-    n, t = 0, time.perf_counter()
-    for _ in range(batches):
-        try: x = next(it)[0]
-        except StopIteration: break
-        n += len(x)
-    return n / (time.perf_counter() - t)
+    with tempfile.TemporaryDirectory(prefix="reid_bench_") as tmp:
+        root = make_dataset(tmp, num_train_ids=64, num_test_ids=8, seed=0)
+        spec = load_spec(spec.to_dict(), synth_overrides(root))
+        loader = make_train_loader(spec, load_data(spec, verbose=False).train)
+        set_epoch(loader, 0)
+        it = iter(loader)
+        next(it)  # worker start-up
+        n, t = 0, time.perf_counter()
+        for _ in range(batches):
+            try: x = next(it)[0]
+            except StopIteration: break
+            n += len(x)
+        seconds = time.perf_counter() - t
+        del it, loader                        # the workers end before their files go
+    return n / seconds
 
 
 def run(quick=False):

@@ -205,7 +205,7 @@ class ReidDataset(Dataset):
         if self.transform is not None: img = self.transform(img)
         return img, r.pid, r.camid, i
 
-# %% ../nbs/01_data.ipynb #0fa9090e
+# %% ../nbs/01_data.ipynb #fe92c68a
 def _one_line(e: DataError) -> str:
     "The original message of a DataError, also when PyTorch re-raised it from a worker."
     text = str(e)
@@ -251,6 +251,6 @@ def make_eval_loader(spec, records: Sequence[Record]) -> ReidLoader:
                       **_loader_kwargs(spec, spec.train.seed))
 
 def set_epoch(loader: DataLoader, epoch: int):
-    "Tell the loader's sampler which epoch comes next (no-op for a loader without one)."
-    for s in (loader.batch_sampler, loader.sampler):
-        if hasattr(s, "set_epoch"): s.set_epoch(epoch); return
+    "Tell the loader's samplers which epoch comes next (no-op for a loader without one)."
+    for s in (loader.batch_sampler, loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        if hasattr(s, "set_epoch"): s.set_epoch(epoch)

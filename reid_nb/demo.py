@@ -57,7 +57,7 @@ def _scores(metrics: dict) -> dict:
     pick = lambda d: (d["mAP"], d["rank-1"]) if d else (None, None)
     return {"plain": pick(metrics.get("without_re_ranking")), "re-ranked": pick(metrics.get("with_re_ranking"))}
 
-# %% ../nbs/11_demo.ipynb #02d4ed6b
+# %% ../nbs/11_demo.ipynb #3341030c
 def _step(name: str, t0: float, quiet: bool):
     if not quiet: print(f"\n=== {name}  ({time.time() - t0:.0f} s so far)", flush=True)
 
@@ -67,6 +67,7 @@ def run_demo(root="runs/demo", spec_file=None, overrides=(), notebook: bool = Tr
     from reid_nb.cli import run_task
     from reid_nb.evaluate import run_evaluation
     from reid_nb.synth import histogram_baseline, make_dataset
+    from reid_nb.train import LATEST
     t0, root = time.time(), Path(root).resolve()
     spec_file = Path(spec_file) if spec_file else demo_spec_file()
     _step("data: the synthetic Market-1501-format set", t0, quiet)
@@ -87,12 +88,12 @@ def run_demo(root="runs/demo", spec_file=None, overrides=(), notebook: bool = Tr
         out = run_task(name, spec_file, [*ov, *extra], notebook=notebook, quiet=quiet)
         times[name] = time.time() - t0 - sum(times.values())
         return out
-    ckpt = Path(spec.train.results_dir) / "reid_model_latest.pth"
+    ckpt = Path(spec.train.results_dir) / LATEST
     trained = task("train")
     ev = task("evaluate", f"evaluate.checkpoint={ckpt}")
     inf = task("inference", f"inference.checkpoint={ckpt}")
     onnx = task("export", f"export.checkpoint={ckpt}")
-    metrics = ev.get("metrics", ev.get("result"))
+    metrics = ev["result"]
     return {"root": root, "data": data, "spec": spec, "seconds": time.time() - t0, "times": times,
             "histogram": (hist["mAP"], hist["rank1"]), "random_init": _scores(rand), "trained": _scores(metrics),
             "reports": {k: v.get("report") for k, v in [("train", trained), ("evaluate", ev), ("inference", inf),

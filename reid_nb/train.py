@@ -31,8 +31,8 @@ __all__ = ['LATEST', 'optimizer_names', 'optimizer_class', 'param_groups', 'make
            'unweight_center_grads', 'warmup_multiplier', 'EpochSchedule', 'WarmupMultiStepLR', 'AutoReduceLR',
            'make_scheduler', 'seed_everything', 'rng_state', 'set_rng_state', 'epoch_seed', 'checkpoint_name',
            'epoch_checkpoints', 'find_resume_checkpoint', 'write_metrics', 'read_metrics', 'plot_curves',
-           'triplet_val_loss', 'world_size', 'dist_env', 'launch_command', 'check_train', 'train_epoch', 'embed_loader',
-           'validate', 'train', 'main']
+           'triplet_val_loss', 'world_size', 'dist_env', 'launch_command', 'check_train', 'train_epoch', 'validate',
+           'train', 'main']
 
 # %% ../nbs/07_train.ipynb #64f898f1
 _NOT_OFFERED = {"Optimizer", "LBFGS", "SparseAdam"}
@@ -88,7 +88,7 @@ def warmup_multiplier(epoch: int, warmup_factor: float, warmup_iters: int, metho
     if method == "cosine": return warmup_factor + (1 - warmup_factor) * (1 - math.cos(math.pi * t)) / 2
     raise SpecError(f"train.optim.warmup_method: {method!r} is not supported; expected one of: linear, cosine")
 
-# %% ../nbs/07_train.ipynb #7801b825
+# %% ../nbs/07_train.ipynb #5d3dbe3e
 class EpochSchedule:
     "Sets each parameter group's rate to its starting rate times `factor()`; stepped once per epoch."
     def __init__(self, optimizer, warmup_factor=0.01, warmup_iters=10, warmup_method="linear"):
@@ -131,8 +131,7 @@ class AutoReduceLR(EpochSchedule):
         super().__init__(optimizer, **warmup)
 
     def lr_of(self, base_lr):
-        return max(base_lr * self.scale, self.min_lr) * warmup_multiplier(
-            self.epoch, self.warmup_factor, self.warmup_iters, self.warmup_method)
+        return super().lr_of(max(base_lr * self.scale, self.min_lr))
 
     def step(self, metric=None):
         if metric is not None and math.isfinite(metric) and self.epoch >= self.warmup_iters:
@@ -217,7 +216,7 @@ def find_resume_checkpoint(spec: Spec, verbose: bool = True) -> tuple[dict | Non
     warnings.warn(f"no readable checkpoint in {latest.parent}; training starts from scratch")
     return None, None
 
-# %% ../nbs/07_train.ipynb #05e2ad76
+# %% ../nbs/07_train.ipynb #c7e137bf
 def _finite(v): return None if isinstance(v, float) and not math.isfinite(v) else v
 
 def write_metrics(history: list[dict], path) -> Path:
@@ -231,12 +230,10 @@ def read_metrics(path) -> list[dict]:
     p = Path(path)
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.is_file() else []
 
-def _save_fig(fig, path):
-    with atomic_write(path, "wb") as f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
-
 def plot_curves(history: list[dict], results_dir) -> list[Path]:
     "Draw `loss_curve.png` (loss parts, val_loss) and `map_curve.png` (mAP, rank-1) in `results_dir`."
     from matplotlib.figure import Figure
+    from reid_nb.evaluate import save_figure
     d, out = Path(results_dir), []
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(6, 4)); ax = fig.add_subplot()
@@ -244,7 +241,7 @@ def plot_curves(history: list[dict], results_dir) -> list[Path]:
         pts = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
         if pts: ax.plot(*zip(*pts), marker="o", label=key)
     ax.set(xlabel="epoch", ylabel="loss", title="Training loss"); ax.legend(); ax.grid(alpha=0.3)
-    _save_fig(fig, d / "loss_curve.png"); out.append(d / "loss_curve.png")
+    out.append(save_figure(fig, d / "loss_curve.png", dpi=100, bbox_inches="tight"))
     fig = Figure(figsize=(6, 4)); ax = fig.add_subplot()
     for key, label in [("mAP", "mAP"), ("rank1", "rank-1")]:
         pts = [(r["epoch"], 100 * r[key]) for r in history if r.get(key) is not None]
@@ -252,7 +249,7 @@ def plot_curves(history: list[dict], results_dir) -> list[Path]:
     ax.set(xlabel="epoch", ylabel="%", title="Validation (query/gallery)", xlim=(0.5, max(epochs, default=1) + 0.5))
     if ax.lines: ax.legend()
     ax.grid(alpha=0.3)
-    _save_fig(fig, d / "map_curve.png"); out.append(d / "map_curve.png")
+    out.append(save_figure(fig, d / "map_curve.png", dpi=100, bbox_inches="tight"))
     return out
 
 # %% ../nbs/07_train.ipynb #ef388632
@@ -327,16 +324,13 @@ def check_train(spec: Spec, num_train_ids: int | None = None):
             raise SpecError(f"dataset.batch_size: {d.batch_size} / dataset.num_instances {d.num_instances} = {p} identities "
                             f"per batch, but {d.train_dataset_dir} has only {num_train_ids} identities")
 
-# %% ../nbs/07_train.ipynb #e6333877
+# %% ../nbs/07_train.ipynb #2218970c
 def _unwrap(model): return model.module if hasattr(model, "module") else model
-
-def _set_epoch(loader, epoch: int):
-    for obj in (loader.batch_sampler, loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
-        if hasattr(obj, "set_epoch"): obj.set_epoch(epoch)
 
 def _epoch_loader(loader, seed: int, epoch: int, rank: int):
     "The loader for one epoch: when it has workers, a copy whose worker seeds come from `(seed, epoch, rank)`."
-    _set_epoch(loader, epoch)
+    from reid_nb.data import set_epoch
+    set_epoch(loader, epoch)
     if not loader.num_workers: return loader
     g = torch.Generator().manual_seed(epoch_seed(seed, epoch, rank))
     return type(loader)(loader.dataset, batch_sampler=loader.batch_sampler, num_workers=loader.num_workers,
@@ -351,7 +345,7 @@ def _all_sum(values: list[float], world: int, device) -> list[float]:
     torch.distributed.all_reduce(t)
     return t.tolist()
 
-# %% ../nbs/07_train.ipynb #8fd7cfbb
+# %% ../nbs/07_train.ipynb #4362db75
 def train_epoch(model, loss_fn, loader, optimizer, center_optimizer, scaler, spec: Spec, epoch: int,
                 device, rank: int = 0, world: int = 1, verbose: bool = True) -> dict:
     "Train `model` for one epoch on `loader`; returns the epoch's mean loss parts, accuracy and speed."
@@ -369,7 +363,7 @@ def train_epoch(model, loss_fn, loader, optimizer, center_optimizer, scaler, spe
         pids = pids.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits, feat = model(imgs)
-            total, parts = loss_fn(logits.float(), feat.float(), pids)
+        total, parts = loss_fn(logits.float(), feat.float(), pids)          # the losses in float32, outside autocast
         optimizer.zero_grad(set_to_none=True)
         if center_optimizer is not None: center_optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
@@ -406,24 +400,13 @@ def train_epoch(model, loss_fn, loader, optimizer, center_optimizer, scaler, spe
     return dict(loss=row.pop("loss"), **row, lr=lr, train_acc=totals[-2] / n_all, seconds=round(seconds, 3),
                 images_per_s=round(n_all / seconds, 1))
 
-# %% ../nbs/07_train.ipynb #dc3ccfe3
-@torch.no_grad()
-def embed_loader(model, loader, device) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    "Evaluation embeddings [N,D] (float32, CPU), pids [N] and camids [N] of every image of `loader`."
-    model.eval()
-    cuda, feats, pids, camids = device.type == "cuda", [], [], []
-    for imgs, p, c, *_ in loader:
-        imgs = imgs.to(device, non_blocking=True, memory_format=torch.channels_last if cuda else torch.contiguous_format)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-            feats.append(model(imgs).float().cpu())
-        pids.append(np.asarray(p)); camids.append(np.asarray(c))
-    return torch.cat(feats), np.concatenate(pids), np.concatenate(camids)
-
+# %% ../nbs/07_train.ipynb #6e74058c
 def validate(model, query_loader, gallery_loader, spec: Spec, device) -> dict:
     "mAP, rank-1/5/10 (Market protocol) and `val_loss` of `model` on the query and gallery loaders."
+    from reid_nb.evaluate import extract_features
     from reid_nb.metrics import compute_distmat, evaluate
-    qf, qp, qc = embed_loader(model, query_loader, device)
-    gf, gp, gc = embed_loader(model, gallery_loader, device)
+    qf, qp, qc = extract_features(model, query_loader, device)
+    gf, gp, gc = extract_features(model, gallery_loader, device)
     r = evaluate(compute_distmat(qf, gf, "euclidean"), qp, gp, qc, gc)
     cmc = np.asarray(r["cmc"])
     rank = lambda k: float(cmc[min(k, len(cmc)) - 1])
@@ -451,7 +434,7 @@ def _device(spec: Spec, local_rank: int, world: int) -> torch.device:
     torch.cuda.set_device(dev)
     return dev
 
-# %% ../nbs/07_train.ipynb #eea5fe0d
+# %% ../nbs/07_train.ipynb #71c81c17
 def _train_here(spec: Spec, data, rank: int = 0, world: int = 1, local_rank: int = 0, verbose: bool = True) -> dict:
     "The training loop of one process (`rank` of `world`)."
     from reid_nb.data import make_eval_loader, make_train_loader
@@ -485,7 +468,7 @@ def _train_here(spec: Spec, data, rank: int = 0, world: int = 1, local_rank: int
         except (KeyError, RuntimeError, ValueError) as e:
             raise ReidError(f"{path}: cannot resume from this checkpoint, it does not match the spec "
                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-        start, history = int(ckpt["epoch"]), [r for r in ckpt.get("history", []) if r["epoch"] <= int(ckpt["epoch"])]
+        start, history = int(ckpt["epoch"]), list(ckpt.get("history", []))
         rngs = ckpt.get("rng") or []
         if rank < len(rngs): set_rng_state(rngs[rank])
         else: seed_everything(epoch_seed(t.seed, start, rank))

@@ -112,8 +112,8 @@ def test_overrides_feed_a_spec(synth_root, tmp_path):
 
 def test_histogram_baseline_is_weak(synth_root):
     res = histogram_baseline(synth_root)
-    assert 0 <= res["rank1"] <= 1
-    assert res["mAP"] < 0.5
+    assert res["rank1"] > 0.15                 # colour carries some signal: above chance (about 1 in 12) ...
+    assert res["mAP"] < 0.5                    # ... but it is far from solving the set
 
 
 @pytest.mark.slow

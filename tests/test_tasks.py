@@ -67,7 +67,7 @@ def test_evaluate_notebook_with_section_dicts(tiny_spec, checkpoint, tmp_path):
     out = tmp_path / "evaluate_out.ipynb"
     pm.execute_notebook(str(task_notebook("evaluate")), str(out), parameters=params, progress_bar=False)
     assert "dataset = {" in injected(out)
-    rec = read_records(out)["metrics"]
+    rec = read_records(out)["result"]
     ev = tmp_path / "results" / "evaluate"
     written = json.loads((ev / "metrics.json").read_text())
     assert rec["mAP"] == pytest.approx(written["metrics"]["mAP"])
