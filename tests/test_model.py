@@ -232,6 +232,14 @@ def test_checkpoint_errors(tmp_path):
     assert not (tmp_path / "bad.pth").exists()
 
 
+def test_failed_checkpoint_write_is_one_clear_error(tmp_path, monkeypatch):
+    def full_disk(obj, f): f.write(b"PK"); raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 2")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"ck\.pth: cannot write the checkpoint \(\[enforce fail.*MiB free on its disk\)"):
+        save_checkpoint({"model": {}}, tmp_path / "ck.pth")
+    assert list(tmp_path.iterdir()) == []                     # neither the file nor its temporary
+
+
 def test_pretrain_self_skips_classifier(tmp_path, capsys):
     model, path = make_ckpt(tmp_path, 8)
     m = build_model(spec_of("model.backbone=resnet_18", "model.feat_dim=64", "model.pretrain_choice=self",
