@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-slow nbtest pytest sync-check export clean-nbs docs browser-deps bench clean
+.PHONY: venv demo test test-slow nbtest pytest sync-check lint lint-check export clean-nbs docs browser-deps bench clean
 
 venv: $(STAMP)
 
@@ -19,8 +19,8 @@ $(STAMP): settings.ini setup.py
 demo: $(STAMP)
 	$(BIN)/python -m reid_nb.demo
 
-## Notebooks and package in sync, notebook tests, then pytest (the fast suite).
-test: $(STAMP) sync-check nbtest pytest
+## Notebooks and package in sync, lint, notebook tests, then pytest (the fast suite).
+test: $(STAMP) sync-check lint-check nbtest pytest
 
 sync-check: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash .ci/check-sync
@@ -35,6 +35,17 @@ pytest: $(STAMP)
 test-slow: $(STAMP) sync-check
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --flags slow
 	$(BIN)/python -m pytest tests
+
+## ruff (pinned in settings.ini, configured in ruff.toml): the notebooks, tests, benchmarks, docs.
+LINTED := nbs tests benchmarks docs
+lint-check: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+## Fix what ruff can fix, and format (run before committing a notebook).
+lint: $(STAMP)
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
 ## Regenerate reid_nb/ from nbs/ and strip notebook noise (run after editing a notebook).
 export: $(STAMP)

@@ -1,4 +1,5 @@
 """Shared fixtures: a small synthetic Market-1501-format set and a CPU-sized spec on it."""
+
 import os
 
 import pytest
@@ -12,19 +13,36 @@ from reid_nb.config import load_spec
 def synth_root(tmp_path_factory):
     "A small synthetic set (12 train ids, 12 test ids, 4 cameras), made once per test session."
     from reid_nb.synth import make_dataset
+
     root = tmp_path_factory.mktemp("synth")
-    return make_dataset(root, num_train_ids=12, num_test_ids=12, num_cameras=4, images_per_id=8, seed=0)
+    return make_dataset(
+        root, num_train_ids=12, num_test_ids=12, num_cameras=4, images_per_id=8, seed=0
+    )
 
 
 @pytest.fixture
 def tiny_spec(tmp_path, synth_root):
-    "`make(*overrides)` returns a spec for resnet_18 at 64x32 on `synth_root`, results under `tmp_path`."
+    "`make(*overrides)`: a spec for resnet_18 at 64x32 on `synth_root`, results under `tmp_path`."
     from reid_nb.synth import synth_overrides
-    base = [f"results_dir={tmp_path / 'results'}", "model.backbone=resnet_18", "model.pretrain_choice=",
-            "model.input_height=64", "model.input_width=32", "model.feat_dim=64",
-            "dataset.batch_size=16", "dataset.num_instances=4", "dataset.val_batch_size=32",
-            "dataset.num_workers=0", "dataset.padding=4", "train.num_epochs=1",
-            "train.checkpoint_interval=1", "train.validation_interval=1"]
+
+    base = [
+        f"results_dir={tmp_path / 'results'}",
+        "model.backbone=resnet_18",
+        "model.pretrain_choice=",
+        "model.input_height=64",
+        "model.input_width=32",
+        "model.feat_dim=64",
+        "dataset.batch_size=16",
+        "dataset.num_instances=4",
+        "dataset.val_batch_size=32",
+        "dataset.num_workers=0",
+        "dataset.padding=4",
+        "train.num_epochs=1",
+        "train.checkpoint_interval=1",
+        "train.validation_interval=1",
+    ]
+
     def make(*overrides):
         return load_spec(overrides=[*base, *synth_overrides(synth_root), *overrides])
+
     return make
