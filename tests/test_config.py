@@ -9,92 +9,93 @@ from reid_nb.config import SpecError, load_spec, save_spec
 
 PARAMS = Path(__file__).parent.parent / "params"
 
-# The reference tables (reidentificationnet.txt), key -> documented default. None: no default given.
-REFERENCE = {
-    "results_dir": "/results",
-    "encryption_key": None,
-    "model": dict(
-        backbone="resnet_50",
-        last_stride=1,
-        pretrain_choice="imagenet",
-        pretrained_model_path=None,
-        input_channels=3,
-        input_width=128,
-        input_height=256,
-        neck="bnneck",
-        feat_dim=256,
-        neck_feat="after",
-        metric_loss_type="triplet",
-        with_center_loss=False,
-        with_flip_feature=False,
-        label_smooth=True,
-    ),
-    "dataset": dict(
-        train_dataset_dir=None,
-        test_dataset_dir=None,
-        query_dataset_dir=None,
-        num_classes=751,
-        batch_size=64,
-        val_batch_size=128,
-        num_workers=1,
-        pixel_mean=[0.485, 0.456, 0.406],
-        pixel_std=[0.226, 0.226, 0.226],
-        padding=10,
-        prob=0.5,
-        re_prob=0.5,
-        sampler="softmax_triplet",
-        num_instances=4,
-    ),
-    "re_ranking": dict(re_ranking=True, k1=20, k2=6, lambda_value=0.3),
-    "train": dict(
-        num_gpus=1,
-        gpu_ids=[0],
-        seed=1234,
-        num_epochs=10,
-        checkpoint_interval=1,
-        validation_interval=1,
-        resume_training_checkpoint_path=None,
-        results_dir="/results/train",
-        clip_grad_norm=0.0,
-        optim=dict(
-            name="Adam",
-            lr_monitor="val_loss",
-            lr_steps=[40, 70],
-            gamma=0.1,
-            bias_lr_factor=1,
-            weight_decay=0.0005,
-            weight_decay_bias=0.0005,
-            warmup_factor=0.01,
-            warmup_iters=10,
-            warmup_method="linear",
-            base_lr=0.00035,
-            momentum=0.9,
-            center_loss_weight=0.0005,
-            center_lr=0.5,
-            triplet_loss_margin=0.3,
-        ),
-    ),
-    "evaluate": dict(
-        checkpoint=None,
-        output_sampled_matches_plot=None,
-        output_cmc_curve_plot=None,
-        test_dataset=None,
-        query_dataset=None,
-        gpu_ids=[0],
-        num_gpus=1,
-        results_dir="/results/evaluate",
-    ),
-    "inference": dict(
-        checkpoint=None,
-        output_file=None,
-        test_dataset=None,
-        query_dataset=None,
-        gpu_ids=[0],
-        num_gpus=1,
-        results_dir="/results/inference",
-    ),
-    "export": dict(checkpoint=None, onnx_file=None, gpu_id=0),
-}
+# The reference tables (reidentificationnet.txt), key: documented default; ~ where none is given.
+REFERENCE = yaml.safe_load("""
+results_dir: /results
+encryption_key: ~
+model:
+  backbone: resnet_50
+  last_stride: 1
+  pretrain_choice: imagenet
+  pretrained_model_path: ~
+  input_channels: 3
+  input_width: 128
+  input_height: 256
+  neck: bnneck
+  feat_dim: 256
+  neck_feat: after
+  metric_loss_type: triplet
+  with_center_loss: false
+  with_flip_feature: false
+  label_smooth: true
+dataset:
+  train_dataset_dir: ~
+  test_dataset_dir: ~
+  query_dataset_dir: ~
+  num_classes: 751
+  batch_size: 64
+  val_batch_size: 128
+  num_workers: 1
+  pixel_mean: [0.485, 0.456, 0.406]
+  pixel_std: [0.226, 0.226, 0.226]
+  padding: 10
+  prob: 0.5
+  re_prob: 0.5
+  sampler: softmax_triplet
+  num_instances: 4
+re_ranking:
+  re_ranking: true
+  k1: 20
+  k2: 6
+  lambda_value: 0.3
+train:
+  num_gpus: 1
+  gpu_ids: [0]
+  seed: 1234
+  num_epochs: 10
+  checkpoint_interval: 1
+  validation_interval: 1
+  resume_training_checkpoint_path: ~
+  results_dir: /results/train
+  clip_grad_norm: 0.0
+  optim:
+    name: Adam
+    lr_monitor: val_loss
+    lr_steps: [40, 70]
+    gamma: 0.1
+    bias_lr_factor: 1
+    weight_decay: 0.0005
+    weight_decay_bias: 0.0005
+    warmup_factor: 0.01
+    warmup_iters: 10
+    warmup_method: linear
+    base_lr: 0.00035
+    momentum: 0.9
+    center_loss_weight: 0.0005
+    center_lr: 0.5
+    triplet_loss_margin: 0.3
+evaluate:
+  checkpoint: ~
+  output_sampled_matches_plot: ~
+  output_cmc_curve_plot: ~
+  test_dataset: ~
+  query_dataset: ~
+  gpu_ids: [0]
+  num_gpus: 1
+  results_dir: /results/evaluate
+inference:
+  checkpoint: ~
+  output_file: ~
+  test_dataset: ~
+  query_dataset: ~
+  gpu_ids: [0]
+  num_gpus: 1
+  results_dir: /results/inference
+export:
+  checkpoint: ~
+  onnx_file: ~
+  gpu_id: 0
+""")
 
 
 def _walk(ref, got, prefix=""):
@@ -188,3 +189,15 @@ def test_bad_spec_is_one_line_naming_the_key(overrides, message):
         load_spec(overrides=overrides)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "demo.yaml", "market1501.yaml"])
+def test_a_saved_params_spec_moves_with_results_dir(name, tmp_path):
+    "Issue 19: a spec saved beside a run, loaded again with another results_dir, moves every task."
+    saved = save_spec(load_spec(PARAMS / name), tmp_path / "spec.yaml")
+    moved = load_spec(saved, [f"results_dir={tmp_path / 'elsewhere'}"])
+    tasks = ("train", "evaluate", "inference", "export")
+    assert [getattr(moved, t).results_dir for t in tasks] == [
+        str(tmp_path / "elsewhere" / t) for t in tasks
+    ]
+    assert moved.dataset == load_spec(PARAMS / name).dataset  # data paths as written
