@@ -37,6 +37,13 @@ class SpecError(ReidError, ValueError):
 class DataError(ReidError, ValueError):
     "A problem with the data on disk: a missing or empty folder, bad names, an undecodable image."
 
+# %% ../nbs/00_config.ipynb #618444bc
+def _plain_mode() -> int:
+    "The mode `open()` gives a new file: 0o666 less the process's umask."
+    umask = os.umask(0o077)  # reading the umask means setting it: put it back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
 # %% ../nbs/00_config.ipynb #062bcb56
 @contextlib.contextmanager
 def atomic_write(path, mode="w", **kwargs):
@@ -45,6 +52,7 @@ def atomic_write(path, mode="w", **kwargs):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _plain_mode())  # mkstemp's 0600 would survive the rename
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
@@ -224,6 +232,7 @@ class EvaluateConfig:
     num_gpus: int = 1
     gpu_ids: tuple[int, ...] = (0,)
     results_dir: str = "${results_dir}/evaluate"
+    overwrite: bool = False  # addition: replace the results of another run in results_dir
     _checks = dict(num_gpus=(">", 0))
 
 # %% ../nbs/00_config.ipynb #a1d4e712
@@ -237,6 +246,7 @@ class InferenceConfig:
     gpu_ids: tuple[int, ...] = (0,)
     results_dir: str = "${results_dir}/inference"
     save_npy: bool = False  # addition: also write the embeddings as a .npy beside the JSON
+    overwrite: bool = False  # addition: replace the results of another run in results_dir
     _checks = dict(num_gpus=(">", 0))
 
 # %% ../nbs/00_config.ipynb #a1d4e714
@@ -621,12 +631,34 @@ def load_spec(path=None, overrides=(), **sections) -> Spec:
         tree[section] = _gpu_rule(tree[section])
     return validate(_build(Spec, tree))
 
+# %% ../nbs/00_config.ipynb #2d3f8544
+def _templates(section, prefix: str = "") -> dict[str, str]:
+    "Dotted key -> default, for each field of `section` (and its sections) that is a `${...}`."
+    found = {}
+    for f in dataclasses.fields(section):
+        default = getattr(section, f.name)
+        if dataclasses.is_dataclass(default):
+            found.update(_templates(default, f"{prefix}{f.name}."))
+        elif isinstance(default, str) and _REF.search(default):
+            found[f"{prefix}{f.name}"] = default
+    return found
+
+# %% ../nbs/00_config.ipynb #33e76b1c
+def _as_written(spec: Spec) -> dict:
+    "`spec` as a dict in which each value that its default template gives is that template."
+    tree = spec.to_dict()
+    written = tree
+    for key, template in _templates(Spec()).items():
+        if _lookup(tree, key) == _resolve(template, key, tree, frozenset({key})):
+            written = _merge(written, _nest(key.split("."), template))
+    return written
+
 # %% ../nbs/00_config.ipynb #a1d4e73a
 def save_spec(spec: Spec, path) -> Path:
-    "Write the resolved `spec` as YAML (atomically); `load_spec` reads it back to an equal Spec."
+    "Write `spec` as YAML (atomically), derived values as their templates; `load_spec` reads it."
     path = Path(path)
     with atomic_write(path) as f:
-        yaml.safe_dump(spec.to_dict(), f, sort_keys=False)
+        yaml.safe_dump(_as_written(spec), f, sort_keys=False)
     return path
 
 # %% ../nbs/00_config.ipynb #4eb1fe86
