@@ -39,8 +39,8 @@ test-slow: $(STAMP) sync-check
 ## ruff (pinned in settings.ini, configured in ruff.toml): the notebooks, tests, benchmarks, docs.
 LINTED := nbs tests benchmarks docs
 lint-check: $(STAMP)
-	$(BIN)/ruff check $(LINTED)
-	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/ruff check --no-cache $(LINTED)
+	$(BIN)/ruff format --check --no-cache $(LINTED)
 
 ## Fix what ruff can fix, and format (run before committing a notebook).
 lint: $(STAMP)

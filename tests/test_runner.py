@@ -10,8 +10,8 @@ from pathlib import Path
 
 import papermill as pm
 import pytest
-from reid_nb.checkpoint import random_init_checkpoint
 
+from reid_nb.checkpoint import random_init_checkpoint
 from reid_nb.config import save_spec
 from reid_nb.runner import read_records, task_notebook
 
