@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 import reid_nb
@@ -127,6 +128,7 @@ def main(argv=None) -> int:
             output=args.output_notebook,
             quiet=args.quiet,
             kernel=args.kernel,
+            command=shlex.join(["reid_nb", *argv]),  # for run.json
         )
     except KeyboardInterrupt:
         print(f"reid_nb {args.task}: interrupted", file=sys.stderr)

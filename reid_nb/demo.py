@@ -15,7 +15,8 @@ from .checkpoint import random_init_checkpoint
 from .config import ReidError, load_spec
 from .evaluate import run_evaluation
 from .metrics import histogram_baseline
-from .runner import error_line, run_task
+from .runner import TASKS, error_line, run_task
+from .runs import RUN_RECORD
 from .synth import MANIFEST, make_dataset, synth_overrides
 from .train import LATEST
 
@@ -108,7 +109,7 @@ def _baselines(data, spec_file, overrides, spec, root: Path) -> tuple[dict, dict
     checkpoint = random_init_checkpoint(spec, root / "random_init" / "random_init.pth")
     random_overrides = [
         f"evaluate.checkpoint={checkpoint}",
-        f"evaluate.results_dir={root / 'random_init'}",
+        f"evaluate.results_dir={root / 'random_init' / 'evaluate'}",  # beside the checkpoint
     ]
     random_spec = load_spec(spec_file, [*overrides, *random_overrides])
     random_metrics = run_evaluation(random_spec, verbose=False)
@@ -194,6 +195,8 @@ def _output_places(result: dict) -> list[tuple[str, object]]:
         ("onnx model", spec.export.onnx_file),
     ]
     places += [(f"report: {task}", report) for task, report in result["reports"].items()]
+    records = [Path(getattr(spec, task).results_dir) / RUN_RECORD for task in TASKS]
+    places += [(f"run record: {task}", path) for task, path in zip(TASKS, records)]
     return places
 
 # %% ../nbs/11_demo.ipynb #1d7c3075

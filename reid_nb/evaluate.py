@@ -23,6 +23,8 @@ from .export import OnnxEmbedder
 from .metrics import compute_distmat, ranking_metrics
 from .model import extract_features, iter_embeddings
 from .rerank import k_reciprocal
+from .runs import RUN_RECORD
+from .train import recorded_run
 
 # %% auto #0
 __all__ = ['RANKS', 'COLOURS', 'LABELS', 'load_embedder', 'headline_scores', 'format_table', 'Distances', 'compute_distances',
@@ -334,14 +336,17 @@ def evaluation_report(dist: Distances, record: dict, files: dict) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/09_evaluate.ipynb #ef6c73fa
-def run_evaluation(spec: Spec, verbose: bool = True, num_sampled_queries=8, topk=10) -> dict:
+def run_evaluation(spec: Spec, verbose=True, num_sampled_queries=8, topk=10, command=None) -> dict:
     "The evaluate task: metrics (plain and re-ranked), table, CMC curve, sampled matches, spec."
-    dist = compute_distances(spec, verbose=verbose)
-    raw = evaluation_scores(dist)
-    scores = {key: headline_scores(value) for key, value in raw.items()}
-    record = evaluation_record(spec, dist, scores)
-    files = evaluation_files(spec)
-    write_evaluation(dist, raw, record, files, num_sampled_queries, topk)
+    _required_checkpoint("evaluate", spec.evaluate.checkpoint)
+    with recorded_run(spec, "evaluate", command) as folder:  # lock, folder check, run.json
+        dist = compute_distances(spec, verbose=verbose)
+        raw = evaluation_scores(dist)
+        scores = {key: headline_scores(value) for key, value in raw.items()}
+        record = evaluation_record(spec, dist, scores)
+        files = evaluation_files(spec)
+        write_evaluation(dist, raw, record, files, num_sampled_queries, topk)
+    files["run"] = folder / RUN_RECORD  # how the run was made
     if verbose:
         print(evaluation_report(dist, record, files))
     final = {key: value for key, value in record["metrics"].items() if key != "cmc"}
@@ -429,18 +434,20 @@ def list_images(directory, key: str = "directory") -> list[str]:
     return files
 
 # %% ../nbs/09_evaluate.ipynb #1d34ffb9
-def run_inference(spec: Spec, verbose: bool = True) -> Path:
+def run_inference(spec: Spec, verbose: bool = True, command: str | None = None) -> Path:
     "The inference task: a JSON list of `{img_path, embedding}` per query and gallery image; path."
     settings = spec.inference
     checkpoint = _required_checkpoint("inference", settings.checkpoint)
     queries = list_images(settings.query_dataset, "inference.query_dataset")
     paths = queries + list_images(settings.test_dataset, "inference.test_dataset")
-    device = pick_device(settings.gpu_ids)
-    embedder, used = load_embedder(spec, checkpoint, device)
-    loader = make_eval_loader(used, [Record(path, -1, -1) for path in paths])
     out = Path(settings.output_file)
     npy_path = out.with_suffix(".npy") if settings.save_npy else None
-    feat_dim = write_embeddings(iter_embeddings(embedder, loader, device), paths, out, npy_path)
+    with recorded_run(spec, "inference", command):  # lock, folder check, run.json
+        device = pick_device(settings.gpu_ids)
+        embedder, used = load_embedder(spec, checkpoint, device)
+        loader = make_eval_loader(used, [Record(path, -1, -1) for path in paths])
+        batches = iter_embeddings(embedder, loader, device)
+        feat_dim = write_embeddings(batches, paths, out, npy_path)
     if verbose:
         also = f" and {npy_path}" if npy_path else ""
         counts = f"{len(queries)} query, {len(paths) - len(queries)} gallery"

@@ -18,6 +18,7 @@ import torch
 from .checkpoint import checkpoint_spec, model_from_checkpoint, spec_with_saved
 from .config import ReidError, Spec, atomic_write
 from .data import IMAGE_SUFFIXES, build_transforms, load_image
+from .train import recorded_run
 
 # %% auto #0
 __all__ = ['INPUT_NAME', 'OUTPUT_NAME', 'METADATA_KEY', 'EXPORTERS', 'MAX_ABS_DIFF', 'MIN_COSINE', 'ExportError', 'graph_dims',
@@ -372,19 +373,20 @@ def describe_export(checkpoint, target: Path, data: bytes, report: dict, source:
     )
 
 # %% ../nbs/08_export.ipynb #de5337c8
-def run_export(spec: Spec, verbose: bool = True) -> Path:
+def run_export(spec: Spec, verbose: bool = True, command: str | None = None) -> Path:
     "The export task: `export.checkpoint` -> checked ONNX file at `onnx_path(spec)`; its path."
     checkpoint = _required_checkpoint(spec)
     target = _writable_target(spec)
-    model, ckpt = model_from_checkpoint(checkpoint, spec, device="cpu")
-    used = checkpoint_spec(spec, ckpt)
-    input_shape = (used.model.input_channels, used.model.input_height, used.model.input_width)
-    metadata = export_metadata(used, ckpt, checkpoint)
-    data = to_onnx(model, input_shape, spec.export.opset_version, metadata, verbose=verbose)
-    batches, source = sample_batches(used)
-    report = check_onnx(model, data, batches)
-    with atomic_write(target, "wb") as file:
-        file.write(data)
+    with recorded_run(spec, "export", command):  # the lock, the folder check, run.json
+        model, ckpt = model_from_checkpoint(checkpoint, spec, device="cpu")
+        used = checkpoint_spec(spec, ckpt)
+        input_shape = (used.model.input_channels, used.model.input_height, used.model.input_width)
+        metadata = export_metadata(used, ckpt, checkpoint)
+        data = to_onnx(model, input_shape, spec.export.opset_version, metadata, verbose=verbose)
+        batches, source = sample_batches(used)
+        report = check_onnx(model, data, batches)
+        with atomic_write(target, "wb") as file:
+            file.write(data)
     if verbose:
         print(describe_export(checkpoint, target, data, report, source))
     return target

@@ -9,6 +9,7 @@ import contextlib
 import importlib
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,6 +283,25 @@ def _run_notebook(task, spec, spec_file, overrides, output, quiet, kernel) -> di
         raise
     return {**read_records(report), "report": str(report)}
 
+# %% ../nbs/10_runner.ipynb #96a7c25d
+@contextlib.contextmanager
+def _user_command(command: str):
+    "Set `REID_NB_COMMAND` to `command` for the block (the kernels inherit it); restore it after."
+    before = os.environ.get("REID_NB_COMMAND")
+    os.environ["REID_NB_COMMAND"] = command
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("REID_NB_COMMAND")
+        else:
+            os.environ["REID_NB_COMMAND"] = before
+
+
+def _recorded_run(spec: Spec, task: str, command: str):
+    "`reid_nb.train.recorded_run`: the lock, the folder check and `run.json` of `task`."
+    return importlib.import_module("reid_nb.train").recorded_run(spec, task, command)
+
 # %% ../nbs/10_runner.ipynb #880d2a14
 def run_task(
     task: str,
@@ -291,12 +311,15 @@ def run_task(
     output=None,
     quiet: bool = False,
     kernel: str = "python3",
+    command: str | None = None,
 ) -> dict:
     "Run `task` on `spec_file` + `overrides`: through its notebook (what it recorded) or directly."
     if task not in TASKS:
         raise ReidError(f"{task}: unknown task; expected one of: {', '.join(TASKS)}")
     overrides = _override_list(overrides)
     spec = load_spec(spec_file, overrides)  # fail fast: a bad key never starts a kernel
-    if notebook:
-        return _run_notebook(task, spec, spec_file, overrides, output, quiet, kernel)
-    return {"result": jsonable(task_function(task)(spec))}
+    command = command or shlex.join(sys.argv)  # what run.json records
+    with _user_command(command), _recorded_run(spec, task, command):
+        if notebook:
+            return _run_notebook(task, spec, spec_file, overrides, output, quiet, kernel)
+        return {"result": jsonable(task_function(task)(spec, verbose=not quiet))}

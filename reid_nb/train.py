@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import json
 import math
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -33,6 +36,7 @@ from reid_nb.config import (
     SpecError,
     atomic_write,
     load_spec,
+    read_yaml,
     save_figure,
     save_spec,
 )
@@ -40,17 +44,27 @@ from .data import load_data, make_eval_loader, set_epoch
 from .losses import make_loss
 from .metrics import compute_distmat, ranking_metrics
 from .model import build_model, extract_features
+from reid_nb.runs import (
+    RUN_RECORD,
+    check_task_folder,
+    read_run_record,
+    results_lock,
+    run_record,
+    spec_differences,
+    write_run_record,
+)
 from .samplers import make_train_loader
 
 # %% auto #0
-__all__ = ['LATEST', 'optimizer_names', 'optimizer_class', 'param_groups', 'make_optimizer', 'make_center_optimizer',
-           'unweight_center_grads', 'warmup_multiplier', 'EpochSchedule', 'WarmupMultiStepLR', 'AutoReduceLR',
-           'make_scheduler', 'seed_everything', 'epoch_seed', 'rng_state', 'set_rng_state', 'checkpoint_name',
-           'epoch_checkpoints', 'find_resume_checkpoint', 'write_metrics', 'read_metrics', 'plot_loss_curve',
-           'plot_map_curve', 'plot_curves', 'triplet_val_loss', 'world_size', 'dist_env', 'launch_command',
-           'check_train', 'TrainState', 'make_train_state', 'train_step', 'EpochTally', 'epoch_means', 'train_epoch',
-           'sample_logger', 'epoch_loader', 'validation_scores', 'resume_state', 'training_checkpoint', 'make_loaders',
-           'epoch_row', 'step_schedule', 'save_epoch', 'train_process', 'run_training', 'main']
+__all__ = ['LATEST', 'COMMAND_ENV', 'optimizer_names', 'optimizer_class', 'param_groups', 'make_optimizer',
+           'make_center_optimizer', 'unweight_center_grads', 'warmup_multiplier', 'EpochSchedule', 'WarmupMultiStepLR',
+           'AutoReduceLR', 'make_scheduler', 'seed_everything', 'epoch_seed', 'rng_state', 'set_rng_state',
+           'checkpoint_name', 'epoch_checkpoints', 'find_resume_checkpoint', 'write_metrics', 'read_metrics',
+           'plot_loss_curve', 'plot_map_curve', 'plot_curves', 'triplet_val_loss', 'world_size', 'dist_env',
+           'launch_command', 'check_train', 'TrainState', 'make_train_state', 'train_step', 'EpochTally', 'epoch_means',
+           'train_epoch', 'sample_logger', 'epoch_loader', 'validation_scores', 'resume_state', 'training_checkpoint',
+           'make_loaders', 'epoch_row', 'step_schedule', 'save_epoch', 'sigterm_as_interrupt', 'train_epochs',
+           'train_process', 'check_resumable', 'recorded_run', 'run_training', 'main']
 
 # %% ../nbs/07_train.ipynb #95528e82
 _NOT_OFFERED = {"Optimizer", "LBFGS", "SparseAdam"}
@@ -485,11 +499,16 @@ def _launch(spec: Spec, spec_path: Path, verbose: bool) -> tuple[int, str]:
     command = launch_command(spec, spec_path, verbose)
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     tail = b""
-    while chunk := os.read(proc.stdout.fileno(), 4096):
-        tail = (tail + chunk)[-20000:]
-        if verbose:
-            sys.stdout.write(chunk.decode(errors="replace"))
-            sys.stdout.flush()
+    try:
+        while chunk := os.read(proc.stdout.fileno(), 4096):
+            tail = (tail + chunk)[-20000:]
+            if verbose:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+    except BaseException:  # Ctrl-C or SIGTERM here: stop the processes too
+        proc.terminate()
+        proc.wait()
+        raise
     returncode = proc.wait()
     lines = tail.decode(errors="replace").splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
@@ -871,6 +890,46 @@ def save_epoch(state: TrainState, history: list[dict], epoch: int, rngs: list[di
     if (epoch + 1) % state.spec.train.checkpoint_interval == 0:
         save_checkpoint(ckpt, results_dir / checkpoint_name(epoch))
 
+# %% ../nbs/07_train.ipynb #59bd1332
+def _interrupt(signum, frame):
+    "A signal handler: raise `KeyboardInterrupt('SIGTERM')` where the program is."
+    raise KeyboardInterrupt("SIGTERM")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    "Turn SIGTERM into a `KeyboardInterrupt` for the block (in the main thread; elsewhere: as is)."
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+# %% ../nbs/07_train.ipynb #980ea80d
+def train_epochs(state: TrainState, loaders: dict, start: int, history: list, verbose=True):
+    "Train epochs `start`.. (rank 0 saves each); a stop becomes one `ReidError` line."
+    num_epochs, done = state.spec.train.num_epochs, start
+    try:
+        for epoch in range(start, num_epochs):
+            row = epoch_row(state, loaders, epoch, verbose)
+            step_schedule(state, row)
+            rngs = _gather_rng(state.world)
+            if state.rank == 0:
+                history.append(row)
+                save_epoch(state, history, epoch, rngs)
+            done = epoch + 1
+            if state.world > 1:
+                torch.distributed.barrier()
+    except KeyboardInterrupt as stop:
+        how = stop.args[0] if stop.args else "Ctrl-C"
+        raise ReidError(
+            f"training stopped by {how} after epoch {done} of {num_epochs}; "
+            "run the same command to resume"
+        ) from None
+
 # %% ../nbs/07_train.ipynb #bc8597c2
 def _resume(state: TrainState, verbose: bool) -> tuple[int, list[dict], Path | None]:
     "`(epochs done, history, checkpoint path)`: rank 0 picks the checkpoint and shares it."
@@ -913,17 +972,68 @@ def train_process(spec: Spec, data, rank=0, world=1, local_rank=0, verbose=True)
         return dict(results_dir=results_dir, checkpoint=path, history=history)
     if world > 1:
         _wrap_distributed(state)
-    loaders = make_loaders(spec, data, rank, world)
-    for epoch in range(start, num_epochs):
-        row = epoch_row(state, loaders, epoch, verbose)
-        step_schedule(state, row)
-        rngs = _gather_rng(world)
-        if rank == 0:
-            history.append(row)
-            save_epoch(state, history, epoch, rngs)
-        if world > 1:
-            torch.distributed.barrier()
+    train_epochs(state, make_loaders(spec, data, rank, world), start, history, verbose)
     return dict(results_dir=results_dir, checkpoint=results_dir / LATEST, history=history)
+
+# %% ../nbs/07_train.ipynb #8486695f
+def check_resumable(spec: Spec):
+    "Raise `ReidError` when `train.results_dir` holds the checkpoints of a run of another spec."
+    folder = Path(spec.train.results_dir)
+    saved = folder / "spec.yaml"
+    has_checkpoints = (folder / LATEST).exists() or bool(epoch_checkpoints(folder))
+    if not (saved.is_file() and has_checkpoints):
+        return
+    differing = spec_differences(read_yaml(saved), spec)
+    if differing:
+        raise ReidError(
+            f"{folder}: holds a training run of another spec ({', '.join(differing)} differ); "
+            "choose another train.results_dir, or resume with the spec saved there"
+        )
+
+# %% ../nbs/07_train.ipynb #b6823521
+COMMAND_ENV = "REID_NB_COMMAND"  # the user's command line, for a task run in a notebook kernel
+
+
+def _only_a_report(folder: Path, task: str) -> bool:
+    "Whether `folder` holds only the report notebook of a run that failed (no `run.json`)."
+    if not folder.is_dir() or (folder / RUN_RECORD).exists():
+        return False
+    names = {path.name for path in folder.iterdir() if not path.name.startswith(".")}
+    return names - {"spec.yaml"} == {f"{task}.ipynb"}
+
+
+def _check_folder(spec: Spec, task: str):
+    "Whether the results folder of `task` may be written by this run (`ReidError` when not)."
+    if task == "train":
+        check_resumable(spec)
+    elif not _only_a_report(Path(getattr(spec, task).results_dir), task):
+        check_task_folder(spec, task)
+
+# %% ../nbs/07_train.ipynb #1da0931f
+def _put_back(folder: Path, record: dict | None):
+    "Make `record` the `run.json` of `folder` again (remove the file when `record` is None)."
+    if record is None:
+        (folder / RUN_RECORD).unlink(missing_ok=True)
+    else:
+        write_run_record(folder, record)
+
+
+@contextlib.contextmanager
+def recorded_run(spec: Spec, task: str, command: str | None = None):
+    "Hold the lock of `task`'s results folder, check it may be written, and record the run."
+    folder = Path(getattr(spec, task).results_dir)
+    command = command or os.environ.get(COMMAND_ENV)
+    extra = {} if command is None else {"command": command}
+    with results_lock(folder, command):
+        _check_folder(spec, task)
+        before, started = read_run_record(folder), time.time()
+        write_run_record(folder, run_record(spec, task, started, **extra))
+        try:
+            yield folder
+        except BaseException:
+            _put_back(folder, before)  # a failed run leaves no record of its own
+            raise
+        write_run_record(folder, run_record(spec, task, started, time.time(), **extra))
 
 # %% ../nbs/07_train.ipynb #710d34c9
 def _run_launched(spec: Spec, results_dir: Path, verbose: bool) -> dict:
@@ -948,7 +1058,16 @@ def _run_joined(spec: Spec, data, env: tuple[int, int, int], verbose: bool) -> d
         torch.distributed.destroy_process_group()
 
 # %% ../nbs/07_train.ipynb #6a6ad13f
-def run_training(spec: Spec | str | os.PathLike, verbose: bool = True) -> dict:
+def _train_here(spec: Spec, data, env: tuple[int, int, int] | None, verbose: bool) -> dict:
+    "Start the processes, train in this one, or join the torchrun group `env`."
+    if env is None and world_size(spec) > 1:
+        return _run_launched(spec, Path(spec.train.results_dir), verbose)
+    if env is None or env[1] == 1:
+        return train_process(spec, data, verbose=verbose)
+    return _run_joined(spec, data, env, verbose)
+
+# %% ../nbs/07_train.ipynb #91189afa
+def run_training(spec: Spec | str | os.PathLike, verbose: bool = True, command=None) -> dict:
     "Train the model a spec (or a spec file) describes; `results_dir`, `checkpoint`, `history`."
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
@@ -958,15 +1077,11 @@ def run_training(spec: Spec | str | os.PathLike, verbose: bool = True) -> dict:
     launched = bool(os.environ.get("REID_NB_LAUNCHED"))  # the launcher printed the data summary
     data = load_data(spec, verbose=verbose and main_process and not launched)
     check_train(spec, len({record.pid for record in data.train}))
-    results_dir = Path(spec.train.results_dir)
-    if main_process:
-        results_dir.mkdir(parents=True, exist_ok=True)
+    if not main_process:  # rank 0 holds the lock and writes the records
+        return _train_here(spec, data, env, verbose)
+    with sigterm_as_interrupt(), recorded_run(spec, "train", command) as results_dir:
         save_spec(spec, results_dir / "spec.yaml")
-    if env is None and world_size(spec) > 1:
-        return _run_launched(spec, results_dir, verbose)
-    if env is None or env[1] == 1:
-        return train_process(spec, data, verbose=verbose)
-    return _run_joined(spec, data, env, verbose)
+        return _train_here(spec, data, env, verbose)
 
 # %% ../nbs/07_train.ipynb #b58fb381
 def main(argv=None) -> int:

@@ -112,6 +112,10 @@ def test_bad_data_inside_the_notebook(spec_file, tmp_path):
     assert (
         tmp_path / "results" / "evaluate" / "evaluate.ipynb"
     ).is_file()  # the report, with the error in it
+    # a failed run claims nothing: the same folder takes the next run, of another checkpoint
+    good = random_init_checkpoint(load_spec(spec_file), tmp_path / "good.pth")
+    r = cli("evaluate", "-e", spec_file, f"evaluate.checkpoint={good}", "--no-notebook", "-q")
+    assert r.returncode == 0, r.stderr[-3000:]
 
 
 def test_each_task_without_notebook(spec_file, tmp_path):
@@ -157,3 +161,69 @@ def test_task_through_its_notebook(spec_file, tmp_path):
     assert f"export: report: {report}" in r.stdout
     assert "exported" in r.stdout  # the notebook's output, relayed
     assert read_records(report)["result"]["onnx_file"] == str(onnx) and onnx.is_file()
+
+
+def _snapshot(folder):
+    "Every file under `folder` (hidden ones too): its bytes and modification time."
+    return {
+        path.relative_to(folder): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize("task", ["evaluate", "inference", "export"])
+def test_a_run_never_replaces_another_runs_results(task, spec_file, tmp_path):
+    "Issue 19: a saved spec with results_dir=/elsewhere writes there; the first folder stays."
+    first = random_init_checkpoint(load_spec(spec_file), tmp_path / "first.pth")
+    second = random_init_checkpoint(load_spec(spec_file), tmp_path / "second.pth")
+    mode = [] if task == "evaluate" else ["--no-notebook"]  # the report notebook for one task
+    r = cli(task, "-e", spec_file, f"{task}.checkpoint={first}", *mode)
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder = tmp_path / "results" / task
+    before = _snapshot(folder)
+    assert json.loads((folder / "run.json").read_text())["identity"]["checkpoint"] == str(first)
+    saved = folder / "spec.yaml" if task == "evaluate" else spec_file  # evaluate saves its spec
+    elsewhere = tmp_path / "elsewhere"
+    r = cli(task, "-e", saved, f"results_dir={elsewhere}", f"{task}.checkpoint={second}", *mode)
+    assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads((elsewhere / task / "run.json").read_text())
+    assert record["identity"]["checkpoint"] == str(second)
+    assert record["command"].startswith(f"reid_nb {task} -e {saved}")
+    assert _snapshot(folder) == before  # untouched: same bytes, same times
+    r = cli(task, "-e", spec_file, f"{task}.checkpoint={second}", *mode)
+    one_line_error(r, f"{folder}: holds the results of another run", f"{task}.overwrite=true")
+    assert _snapshot(folder) == before
+    r = cli(task, "-e", spec_file, f"{task}.checkpoint={first}", *mode)  # the same run again
+    if task == "export":  # the folder may be written, but not the existing ONNX file
+        one_line_error(r, "first.onnx: already exists")
+    else:
+        assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_every_file_a_task_writes_has_the_mode_open_gives(spec_file, tmp_path):
+    "Issue 19: under umask 022 every file of the four tasks (their reports too) has mode 0644."
+    ckpt = tmp_path / "results" / "train" / "reid_model_latest.pth"
+    runs = [
+        ("train",),
+        ("evaluate", f"evaluate.checkpoint={ckpt}"),
+        ("inference", f"inference.checkpoint={ckpt}"),
+        ("export", f"export.checkpoint={ckpt}"),
+    ]
+    for task, *overrides in runs:
+        r = subprocess.run(
+            [sys.executable, "-m", "reid_nb", task, "-e", str(spec_file), *overrides, "-q"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            preexec_fn=lambda: os.umask(0o022),
+        )
+        assert r.returncode == 0, (task, r.stderr[-3000:])
+    written = [path for path in (tmp_path / "results").rglob("*") if path.is_file()]
+    names = {path.name for path in written}
+    assert {"train.ipynb", "evaluate.ipynb", "inference.ipynb", "export.ipynb"} <= names
+    assert {"reid_model_latest.pth", "metrics.json", "cmc_curve.png", "spec.yaml"} <= names
+    assert {"run.json", "inference.json", "reid_model_latest.onnx"} <= names
+    modes = {str(path): oct(path.stat().st_mode & 0o777) for path in written}
+    assert set(modes.values()) == {"0o644"}, modes

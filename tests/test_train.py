@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from reid_nb.config import save_spec
-from reid_nb.train import LATEST, checkpoint_name, run_training
+from reid_nb.train import LATEST, checkpoint_name, read_metrics, run_training
 
 ROOT = Path(__file__).parent.parent
 
@@ -192,3 +192,107 @@ def test_main_reports_spec_errors_in_one_line(tiny_spec, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith(
         "error: dataset.batch_size: 64 / dataset.num_instances 4"
     )
+
+
+def test_one_training_per_folder_and_a_dead_holders_lock_taken_over(two_epochs, tmp_path):
+    """Issue 19: a second run on a folder in use exits at once naming the first; after `kill -9`
+    of the first, the next run takes its lock over and resumes."""
+    from reid_nb.config import load_spec
+    from reid_nb.runs import LOCK_FILE
+
+    _, base, _ = two_epochs
+    out = tmp_path / "locked"
+    spec_file = save_spec(
+        load_spec(overrides=[*base, f"train.results_dir={out}", "train.num_epochs=50"]),
+        tmp_path / "spec.yaml",
+    )
+    train = [sys.executable, "-m", "reid_nb", "train", "-e", str(spec_file), "--no-notebook", "-q"]
+    first = subprocess.Popen(train, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while not (out / LATEST).exists():
+            assert first.poll() is None, first.stderr.read().decode()
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        second = subprocess.run(
+            train, env=_env(PYTHONWARNINGS="ignore"), capture_output=True, text=True, timeout=120
+        )
+        assert second.returncode == 1, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"error: {out}: in use by" in lines[0], second.stderr
+        assert f"(pid {first.pid} on host" in lines[0]
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait()
+    assert (out / LOCK_FILE).exists()  # left behind by the killed run
+    done = torch.load(out / LATEST, weights_only=True)["epoch"]
+    third = subprocess.run(
+        [*train, f"train.num_epochs={done + 1}"], env=_env(), capture_output=True, text=True
+    )
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"taking over the lock of pid {first.pid}" in third.stdout
+    assert [row["epoch"] for row in read_metrics(out / "metrics.jsonl")] == list(range(1, done + 2))
+    assert not (out / LOCK_FILE).exists()
+    assert json.loads((out / "run.json").read_text())["ended"] is not None
+    other = subprocess.run(
+        [*train, "model.feat_dim=16"],
+        env=_env(PYTHONWARNINGS="ignore"),
+        capture_output=True,
+        text=True,
+    )
+    assert other.returncode == 1
+    assert other.stderr.strip().splitlines() == [
+        f"reid_nb train: error: {out}: holds a training run of another spec "
+        "(model.feat_dim differ); choose another train.results_dir, "
+        "or resume with the spec saved there"
+    ]
+
+
+def test_sigterm_stops_cleanly_then_resume_matches_uninterrupted(two_epochs, tmp_path):
+    """Issue 19: SIGTERM mid-epoch ends the run with one line, the lock released and the last
+    complete checkpoint kept; the same command then ends with the weights of an uninterrupted
+    run."""
+    from reid_nb.config import load_spec
+    from reid_nb.runs import LOCK_FILE
+
+    spec, base, _ = two_epochs
+    out = tmp_path / "stopped"
+    spec_file = save_spec(
+        load_spec(overrides=[*base, f"train.results_dir={out}"]), tmp_path / "spec.yaml"
+    )
+    train = [sys.executable, "-m", "reid_nb", "train", "-e", str(spec_file), "--no-notebook", "-q"]
+    proc = subprocess.Popen(
+        train,
+        env=_env(PYTHONWARNINGS="ignore"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while not (out / checkpoint_name(0)).exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        time.sleep(0.1)  # inside epoch 2 (of 2)
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 1, stderr
+    assert not (out / checkpoint_name(1)).exists(), "the run finished before it could be stopped"
+    assert stderr.strip().splitlines() == [
+        "reid_nb train: error: training stopped by SIGTERM after epoch 1 of 2; "
+        "run the same command to resume"
+    ]
+    assert not (out / LOCK_FILE).exists()
+    assert torch.load(out / LATEST, weights_only=True)["epoch"] == 1
+    again = subprocess.run(train, env=_env(), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [row["epoch"] for row in read_metrics(out / "metrics.jsonl")] == [1, 2]
+    resumed, uninterrupted = _weights(out / LATEST), _weights(Path(spec.train.results_dir) / LATEST)
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        assert torch.equal(resumed[key], uninterrupted[key]), key
