@@ -12,7 +12,7 @@ import sys
 
 import reid_nb
 from .demo import main as demo_main
-from .runner import TASKS, Task, error_line, run_task
+from .runner import TASKS, Task, exit_code, run_task
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -119,8 +119,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["demo"]:
         return demo_main(argv[1:])
     args = build_parser().parse_args(argv)
-    try:
-        out = run_task(
+    status, out = exit_code(
+        f"reid_nb {args.task}",
+        lambda: run_task(
             args.task,
             args.spec,
             args.overrides,
@@ -129,15 +130,9 @@ def main(argv=None) -> int:
             quiet=args.quiet,
             kernel=args.kernel,
             command=shlex.join(["reid_nb", *argv]),  # for run.json
-        )
-    except KeyboardInterrupt:
-        print(f"reid_nb {args.task}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:
-        line = error_line(error, getattr(error, "report", None))
-        if line is None:
-            raise
-        print(f"reid_nb {args.task}: error: {line}", file=sys.stderr)
-        return 1
+        ),
+    )
+    if status != 0:
+        return status
     _say_result(args.task, out)
     return 0

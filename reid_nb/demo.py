@@ -15,7 +15,7 @@ from .checkpoint import random_init_checkpoint
 from .config import ReidError, load_spec
 from .evaluate import run_evaluation
 from .metrics import histogram_baseline
-from .runner import TASKS, error_line, run_task
+from .runner import TASKS, exit_code, run_task
 from .runs import RUN_RECORD
 from .synth import MANIFEST, make_dataset, synth_overrides
 from .train import LATEST
@@ -286,19 +286,14 @@ def main(argv=None) -> int:
     root = Path(args.root)
     if args.fresh:
         _clear_outputs(root)
-    try:
-        result = run_demo(
+    status, result = exit_code(
+        "reid_nb demo",
+        lambda: run_demo(
             root, args.spec, args.overrides, notebook=not args.no_notebook, quiet=args.quiet
-        )
-    except KeyboardInterrupt:
-        print("reid_nb demo: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:
-        line = error_line(error, getattr(error, "report", None))
-        if line is None:
-            raise
-        print(f"reid_nb demo: error: {line}", file=sys.stderr)
-        return 1
+        ),
+    )
+    if status != 0:
+        return status
     print("\n" + format_summary(result), flush=True)
     return 0
 

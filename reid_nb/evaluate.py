@@ -23,8 +23,7 @@ from .export import OnnxEmbedder
 from .metrics import compute_distmat, ranking_metrics
 from .model import extract_features, iter_embeddings
 from .rerank import k_reciprocal
-from .runs import RUN_RECORD
-from .train import recorded_run
+from .runs import RUN_RECORD, recorded_run
 
 # %% auto #0
 __all__ = ['RANKS', 'COLOURS', 'LABELS', 'load_embedder', 'headline_scores', 'format_table', 'Distances', 'compute_distances',

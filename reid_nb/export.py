@@ -18,7 +18,7 @@ import torch
 from .checkpoint import checkpoint_spec, model_from_checkpoint, spec_with_saved
 from .config import ReidError, Spec, atomic_write
 from .data import IMAGE_SUFFIXES, build_transforms, load_image
-from .train import recorded_run
+from .runs import recorded_run
 
 # %% auto #0
 __all__ = ['INPUT_NAME', 'OUTPUT_NAME', 'METADATA_KEY', 'EXPORTERS', 'MAX_ABS_DIFF', 'MIN_COSINE', 'ExportError', 'graph_dims',

@@ -17,10 +17,11 @@ from pathlib import Path
 import yaml
 
 from .config import ReidError, Spec, SpecError, load_spec
+from .runs import COMMAND_ENV, recorded_run
 
 # %% auto #0
 __all__ = ['TASKS', 'RECORD_MIME', 'Task', 'task_function', 'task_spec', 'task_notebook_dir', 'task_notebook', 'jsonable',
-           'record', 'read_records', 'reid_error_names', 'error_line', 'results_dir', 'run_task']
+           'record', 'read_records', 'reid_error_names', 'error_line', 'results_dir', 'run_task', 'exit_code']
 
 # %% ../nbs/10_runner.ipynb #055d9acc
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Task:
     function: str  # "module:function" that does the work
     summary: str  # one line for --help
     shortcut: str  # the notebook parameter that sets <name>.<shortcut>
+    check: str | None = None  # "module:function" checking its results folder; None: the default
 
 # %% ../nbs/10_runner.ipynb #e125baac
 TASKS = {
@@ -41,6 +43,7 @@ TASKS = {
             "reid_nb.train:run_training",
             "train a model; checkpoints, metrics log and curves in train.results_dir",
             "num_epochs",
+            check="reid_nb.train:check_resumable",
         ),
         Task(
             "evaluate",
@@ -66,10 +69,15 @@ TASKS = {
 }
 
 # %% ../nbs/10_runner.ipynb #d385bdf5
+def _imported(name: str):
+    'The function `name` ("module:function") names, its module imported now.'
+    module_name, function_name = name.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
 def task_function(task: str):
     "The function that runs `task` (its module imported now)."
-    module_name, function_name = TASKS[task].function.split(":")
-    return getattr(importlib.import_module(module_name), function_name)
+    return _imported(TASKS[task].function)
 
 # %% ../nbs/10_runner.ipynb #a070279a
 def _read_override_text(text: str) -> list:
@@ -286,21 +294,24 @@ def _run_notebook(task, spec, spec_file, overrides, output, quiet, kernel) -> di
 # %% ../nbs/10_runner.ipynb #96a7c25d
 @contextlib.contextmanager
 def _user_command(command: str):
-    "Set `REID_NB_COMMAND` to `command` for the block (the kernels inherit it); restore it after."
-    before = os.environ.get("REID_NB_COMMAND")
-    os.environ["REID_NB_COMMAND"] = command
+    "Set `COMMAND_ENV` to `command` for the block (the kernels inherit it); restore it after."
+    before = os.environ.get(COMMAND_ENV)
+    os.environ[COMMAND_ENV] = command
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop("REID_NB_COMMAND")
+            os.environ.pop(COMMAND_ENV)
         else:
-            os.environ["REID_NB_COMMAND"] = before
+            os.environ[COMMAND_ENV] = before
 
 
 def _recorded_run(spec: Spec, task: str, command: str):
-    "`reid_nb.train.recorded_run`: the lock, the folder check and `run.json` of `task`."
-    return importlib.import_module("reid_nb.train").recorded_run(spec, task, command)
+    "`recorded_run` of `task`, with the folder check `TASKS` names for it (if any)."
+    check = TASKS[task].check
+    if check is None:
+        return recorded_run(spec, task, command)
+    return recorded_run(spec, task, command, check=_imported(check))
 
 # %% ../nbs/10_runner.ipynb #880d2a14
 def run_task(
@@ -323,3 +334,18 @@ def run_task(
         if notebook:
             return _run_notebook(task, spec, spec_file, overrides, output, quiet, kernel)
         return {"result": jsonable(task_function(task)(spec, verbose=not quiet))}
+
+# %% ../nbs/10_runner.ipynb #25cb0083
+def exit_code(name: str, call) -> tuple[int, object]:
+    "`(0, call())`; `(1, None)` after a user's mistake, `(130, None)` after Ctrl-C (a line each)."
+    try:
+        return 0, call()
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130, None
+    except Exception as error:
+        line = error_line(error, getattr(error, "report", None))
+        if line is None:
+            raise
+        print(f"{name}: error: {line}", file=sys.stderr)
+        return 1, None

@@ -25,9 +25,9 @@ import reid_nb
 from .config import ReidError, Spec, atomic_write
 
 # %% auto #0
-__all__ = ['LOCK_FILE', 'RUN_RECORD', 'LOCKS_ENV', 'RESUMABLE_KEYS', 'LockError', 'results_lock', 'spec_hash', 'spec_differences',
-           'run_identity', 'run_record', 'write_run_record', 'read_run_record', 'check_replaceable',
-           'check_task_folder']
+__all__ = ['LOCK_FILE', 'RUN_RECORD', 'LOCKS_ENV', 'RESUMABLE_KEYS', 'COMMAND_ENV', 'LockError', 'results_lock', 'spec_hash',
+           'spec_differences', 'run_identity', 'run_record', 'write_run_record', 'read_run_record', 'check_replaceable',
+           'check_task_folder', 'recorded_run']
 
 # %% ../nbs/00a_runs.ipynb #54d0a786
 LOCK_FILE = ".reid_nb.lock"  # in the results folder, while a task writes there
@@ -352,3 +352,48 @@ def check_task_folder(spec: Spec, task: str):
     section = getattr(spec, task)
     identity = run_identity(spec, task)
     check_replaceable(section.results_dir, identity, section.overwrite, f"{task}.overwrite")
+
+# %% ../nbs/00a_runs.ipynb #5704042d
+COMMAND_ENV = "REID_NB_COMMAND"  # the user's command line, for a task run in a notebook kernel
+
+
+def _only_a_report(folder: Path, task: str) -> bool:
+    "Whether `folder` holds only the report notebook of a run that failed (no `run.json`)."
+    if not folder.is_dir() or (folder / RUN_RECORD).exists():
+        return False
+    names = {path.name for path in folder.iterdir() if not path.name.startswith(".")}
+    return names - {"spec.yaml"} == {f"{task}.ipynb"}
+
+# %% ../nbs/00a_runs.ipynb #888d014c
+def _check_folder(spec: Spec, task: str, check=None):
+    "Raise `ReidError` when `task`'s results folder may not be written: `check`, or the default."
+    if check is not None:
+        check(spec)
+    elif not _only_a_report(Path(getattr(spec, task).results_dir), task):
+        check_task_folder(spec, task)
+
+# %% ../nbs/00a_runs.ipynb #4c253502
+def _put_back(folder: Path, record: dict | None):
+    "Make `record` the `run.json` of `folder` again (remove the file when `record` is None)."
+    if record is None:
+        (folder / RUN_RECORD).unlink(missing_ok=True)
+    else:
+        write_run_record(folder, record)
+
+# %% ../nbs/00a_runs.ipynb #c80225a9
+@contextlib.contextmanager
+def recorded_run(spec: Spec, task: str, command: str | None = None, check=None):
+    "Hold the lock of `task`'s results folder, check it may be written, and record the run."
+    folder = Path(getattr(spec, task).results_dir)
+    command = command or os.environ.get(COMMAND_ENV)
+    extra = {} if command is None else {"command": command}
+    with results_lock(folder, command):
+        _check_folder(spec, task, check)
+        before, started = read_run_record(folder), time.time()
+        write_run_record(folder, run_record(spec, task, started, **extra))
+        try:
+            yield folder
+        except BaseException:
+            _put_back(folder, before)  # a failed run leaves no record of its own
+            raise
+        write_run_record(folder, run_record(spec, task, started, time.time(), **extra))

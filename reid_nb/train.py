@@ -44,27 +44,19 @@ from .data import load_data, make_eval_loader, set_epoch
 from .losses import make_loss
 from .metrics import compute_distmat, ranking_metrics
 from .model import build_model, extract_features
-from reid_nb.runs import (
-    RUN_RECORD,
-    check_task_folder,
-    read_run_record,
-    results_lock,
-    run_record,
-    spec_differences,
-    write_run_record,
-)
+from .runs import recorded_run, spec_differences
 from .samplers import make_train_loader
 
 # %% auto #0
-__all__ = ['LATEST', 'COMMAND_ENV', 'optimizer_names', 'optimizer_class', 'param_groups', 'make_optimizer',
-           'make_center_optimizer', 'unweight_center_grads', 'warmup_multiplier', 'EpochSchedule', 'WarmupMultiStepLR',
-           'AutoReduceLR', 'make_scheduler', 'seed_everything', 'epoch_seed', 'rng_state', 'set_rng_state',
-           'checkpoint_name', 'epoch_checkpoints', 'find_resume_checkpoint', 'write_metrics', 'read_metrics',
-           'plot_loss_curve', 'plot_map_curve', 'plot_curves', 'triplet_val_loss', 'world_size', 'dist_env',
-           'launch_command', 'check_train', 'TrainState', 'make_train_state', 'train_step', 'EpochTally', 'epoch_means',
-           'train_epoch', 'sample_logger', 'epoch_loader', 'validation_scores', 'resume_state', 'training_checkpoint',
-           'make_loaders', 'epoch_row', 'step_schedule', 'save_epoch', 'sigterm_as_interrupt', 'train_epochs',
-           'train_process', 'check_resumable', 'recorded_run', 'run_training', 'main']
+__all__ = ['LATEST', 'optimizer_names', 'optimizer_class', 'param_groups', 'make_optimizer', 'make_center_optimizer',
+           'unweight_center_grads', 'warmup_multiplier', 'EpochSchedule', 'WarmupMultiStepLR', 'AutoReduceLR',
+           'make_scheduler', 'seed_everything', 'epoch_seed', 'rng_state', 'set_rng_state', 'checkpoint_name',
+           'epoch_checkpoints', 'find_resume_checkpoint', 'write_metrics', 'read_metrics', 'plot_loss_curve',
+           'plot_map_curve', 'plot_curves', 'triplet_val_loss', 'world_size', 'dist_env', 'launch_command',
+           'check_train', 'TrainState', 'make_train_state', 'train_step', 'EpochTally', 'epoch_means', 'train_epoch',
+           'sample_logger', 'epoch_loader', 'validation_scores', 'resume_state', 'training_checkpoint', 'make_loaders',
+           'epoch_row', 'step_schedule', 'save_epoch', 'sigterm_as_interrupt', 'train_epochs', 'train_process',
+           'check_resumable', 'run_training', 'main']
 
 # %% ../nbs/07_train.ipynb #95528e82
 _NOT_OFFERED = {"Optimizer", "LBFGS", "SparseAdam"}
@@ -990,51 +982,6 @@ def check_resumable(spec: Spec):
             "choose another train.results_dir, or resume with the spec saved there"
         )
 
-# %% ../nbs/07_train.ipynb #b6823521
-COMMAND_ENV = "REID_NB_COMMAND"  # the user's command line, for a task run in a notebook kernel
-
-
-def _only_a_report(folder: Path, task: str) -> bool:
-    "Whether `folder` holds only the report notebook of a run that failed (no `run.json`)."
-    if not folder.is_dir() or (folder / RUN_RECORD).exists():
-        return False
-    names = {path.name for path in folder.iterdir() if not path.name.startswith(".")}
-    return names - {"spec.yaml"} == {f"{task}.ipynb"}
-
-
-def _check_folder(spec: Spec, task: str):
-    "Whether the results folder of `task` may be written by this run (`ReidError` when not)."
-    if task == "train":
-        check_resumable(spec)
-    elif not _only_a_report(Path(getattr(spec, task).results_dir), task):
-        check_task_folder(spec, task)
-
-# %% ../nbs/07_train.ipynb #1da0931f
-def _put_back(folder: Path, record: dict | None):
-    "Make `record` the `run.json` of `folder` again (remove the file when `record` is None)."
-    if record is None:
-        (folder / RUN_RECORD).unlink(missing_ok=True)
-    else:
-        write_run_record(folder, record)
-
-
-@contextlib.contextmanager
-def recorded_run(spec: Spec, task: str, command: str | None = None):
-    "Hold the lock of `task`'s results folder, check it may be written, and record the run."
-    folder = Path(getattr(spec, task).results_dir)
-    command = command or os.environ.get(COMMAND_ENV)
-    extra = {} if command is None else {"command": command}
-    with results_lock(folder, command):
-        _check_folder(spec, task)
-        before, started = read_run_record(folder), time.time()
-        write_run_record(folder, run_record(spec, task, started, **extra))
-        try:
-            yield folder
-        except BaseException:
-            _put_back(folder, before)  # a failed run leaves no record of its own
-            raise
-        write_run_record(folder, run_record(spec, task, started, time.time(), **extra))
-
 # %% ../nbs/07_train.ipynb #710d34c9
 def _run_launched(spec: Spec, results_dir: Path, verbose: bool) -> dict:
     "Train on all of `spec`'s processes through torchrun; the result read from its files."
@@ -1079,7 +1026,10 @@ def run_training(spec: Spec | str | os.PathLike, verbose: bool = True, command=N
     check_train(spec, len({record.pid for record in data.train}))
     if not main_process:  # rank 0 holds the lock and writes the records
         return _train_here(spec, data, env, verbose)
-    with sigterm_as_interrupt(), recorded_run(spec, "train", command) as results_dir:
+    with (
+        sigterm_as_interrupt(),
+        recorded_run(spec, "train", command, check=check_resumable) as results_dir,
+    ):
         save_spec(spec, results_dir / "spec.yaml")
         return _train_here(spec, data, env, verbose)
 

@@ -20,13 +20,12 @@ def synth_root(tmp_path_factory):
     )
 
 
-@pytest.fixture
-def tiny_spec(tmp_path, synth_root):
-    "`make(*overrides)`: a spec for resnet_18 at 64x32 on `synth_root`, results under `tmp_path`."
+def tiny_overrides(results_dir, synth_root, epochs: int = 1) -> list[str]:
+    "The overrides of a CPU-sized run: resnet_18 at 64x32 on `synth_root`, `epochs` epochs."
     from reid_nb.synth import synth_overrides
 
-    base = [
-        f"results_dir={tmp_path / 'results'}",
+    return [
+        f"results_dir={results_dir}",
         "model.backbone=resnet_18",
         "model.pretrain_choice=",
         "model.input_height=64",
@@ -37,12 +36,19 @@ def tiny_spec(tmp_path, synth_root):
         "dataset.val_batch_size=32",
         "dataset.num_workers=0",
         "dataset.padding=4",
-        "train.num_epochs=1",
+        f"train.num_epochs={epochs}",
         "train.checkpoint_interval=1",
         "train.validation_interval=1",
+        *synth_overrides(synth_root),
     ]
 
+
+@pytest.fixture
+def tiny_spec(tmp_path, synth_root):
+    "`make(*overrides)`: a spec for resnet_18 at 64x32 on `synth_root`, results under `tmp_path`."
+    base = tiny_overrides(tmp_path / "results", synth_root)
+
     def make(*overrides):
-        return load_spec(overrides=[*base, *synth_overrides(synth_root), *overrides])
+        return load_spec(overrides=[*base, *overrides])
 
     return make

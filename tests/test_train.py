@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from reid_nb.config import save_spec
 from reid_nb.train import LATEST, checkpoint_name, read_metrics, run_training
@@ -44,26 +45,9 @@ def _env(**extra):
 def two_epochs(tmp_path_factory, synth_root):
     "One uninterrupted 2-epoch run (tiny_spec settings), shared by the tests that compare with it."
     from reid_nb.config import load_spec
-    from reid_nb.synth import synth_overrides
 
     tmp = tmp_path_factory.mktemp("two_epochs")
-    base = [
-        f"results_dir={tmp / 'results'}",
-        "model.backbone=resnet_18",
-        "model.pretrain_choice=",
-        "model.input_height=64",
-        "model.input_width=32",
-        "model.feat_dim=64",
-        "dataset.batch_size=16",
-        "dataset.num_instances=4",
-        "dataset.val_batch_size=32",
-        "dataset.num_workers=0",
-        "dataset.padding=4",
-        "train.num_epochs=2",
-        "train.checkpoint_interval=1",
-        "train.validation_interval=1",
-        *synth_overrides(synth_root),
-    ]
+    base = tiny_overrides(tmp / "results", synth_root, epochs=2)
     spec = load_spec(overrides=base)
     return spec, base, run_training(spec, verbose=False)
 
