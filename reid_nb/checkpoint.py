@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ModelConfig, ReidError, Spec, atomic_write
+from .config import ModelConfig, ReidError, Spec, atomic_write, first_line
 from .model import ReidModel, build_model, strip_ddp_prefix
 
 # %% auto #0
@@ -39,14 +39,6 @@ def checkpoint_state(
         **training,
     }
 
-# %% ../nbs/03a_checkpoint.ipynb #bbd44543
-def _first_line(error: BaseException, default: str = "") -> str:
-    "The first line of `error`'s message, at most 160 characters; `default` when it is empty."
-    text = str(error).strip()
-    if not text:
-        return default
-    return text.splitlines()[0][:160]
-
 # %% ../nbs/03a_checkpoint.ipynb #8233c358
 def _free_mib(path: Path) -> float:
     "Free space in MiB on the disk that holds `path`'s folder (NaN when the folder is missing)."
@@ -67,7 +59,7 @@ def save_checkpoint(state: dict, path) -> Path:
         OSError,
         RuntimeError,
     ) as error:  # a full disk reads "unexpected pos ..." from torch.save
-        reason = _first_line(error, type(error).__name__)
+        reason = first_line(error, default=type(error).__name__)
         free = f"{_free_mib(path):.0f} MiB free on its disk"
         raise CheckpointError(f"{path}: cannot write the checkpoint ({reason}; {free})") from error
     return path
@@ -90,7 +82,7 @@ def load_checkpoint(path) -> dict:
     except Exception as error:
         raise CheckpointError(
             f"{path}: cannot read the checkpoint, the file is truncated, corrupt or not a "
-            f"torch.save file of plain data ({type(error).__name__}: {_first_line(error)})"
+            f"torch.save file of plain data ({type(error).__name__}: {first_line(error)})"
         ) from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(
@@ -158,7 +150,7 @@ def model_from_checkpoint(
         model.load_state_dict(strip_ddp_prefix(ckpt["model"]))
     except RuntimeError as error:
         raise CheckpointError(
-            f"{path}: the weights do not fit the model its spec describes ({_first_line(error)})"
+            f"{path}: the weights do not fit the model its spec describes ({first_line(error)})"
         ) from None
     return model.to(device).eval(), ckpt
 

@@ -21,9 +21,10 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['BACKBONES', 'ReidError', 'SpecError', 'DataError', 'atomic_write', 'save_figure', 'ModelConfig', 'DatasetConfig',
-           'ReRankingConfig', 'OptimConfig', 'TrainConfig', 'EvaluateConfig', 'InferenceConfig', 'ExportConfig', 'Spec',
-           'validate', 'parse_override', 'apply_overrides', 'read_yaml', 'load_spec', 'save_spec', 'pick_device']
+__all__ = ['BACKBONES', 'ReidError', 'SpecError', 'DataError', 'first_line', 'atomic_write', 'save_figure', 'ModelConfig',
+           'DatasetConfig', 'ReRankingConfig', 'OptimConfig', 'TrainConfig', 'EvaluateConfig', 'InferenceConfig',
+           'ExportConfig', 'Spec', 'validate', 'parse_override', 'apply_overrides', 'read_yaml', 'load_spec',
+           'save_spec', 'pick_device']
 
 # %% ../nbs/00_config.ipynb #d19d602f
 class ReidError(Exception):
@@ -36,6 +37,14 @@ class SpecError(ReidError, ValueError):
 # %% ../nbs/00_config.ipynb #a1d4e702
 class DataError(ReidError, ValueError):
     "A problem with the data on disk: a missing or empty folder, bad names, an undecodable image."
+
+# %% ../nbs/00_config.ipynb #f1a5e002
+def first_line(message, limit: int | None = 160, default: str = "") -> str:
+    "The first line of `message` (an exception, a string or None), cut at `limit` characters."
+    text = str(message or "").strip()
+    if not text:
+        return default
+    return text.splitlines()[0][:limit]
 
 # %% ../nbs/00_config.ipynb #618444bc
 def _plain_mode() -> int:

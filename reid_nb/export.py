@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .checkpoint import checkpoint_spec, model_from_checkpoint, spec_with_saved
-from .config import ReidError, Spec, atomic_write
+from .config import ReidError, Spec, atomic_write, first_line
 from .data import IMAGE_SUFFIXES, build_transforms, load_image
 from .runs import recorded_run
 
@@ -33,12 +33,6 @@ class ExportError(ReidError):
 INPUT_NAME = "input"
 OUTPUT_NAME = "fc_pred"
 METADATA_KEY = "reid_nb.spec"
-
-# %% ../nbs/08_export.ipynb #2db03b27
-def _first_line(error: Exception, limit: int = 120) -> str:
-    "The first line of `error`'s message, cut at `limit` characters (its type when it has none)."
-    lines = str(error).strip().splitlines()
-    return lines[0][:limit] if lines else type(error).__name__
 
 # %% ../nbs/08_export.ipynb #b135ceae
 def graph_dims(value_info) -> list:
@@ -110,7 +104,7 @@ def _export_bytes(model, example, opset: int, exporter: str, verbose: bool) -> b
             return buffer.getvalue()
         except Exception as error:
             if verbose:
-                reason = f"{type(error).__name__}: {_first_line(error)}"
+                reason = f"{type(error).__name__}: {first_line(error, 120, type(error).__name__)}"
                 print(f"note: the TorchScript exporter failed ({reason}); using torch.export")
     buffer = io.BytesIO()
     _dynamo_export(model, example, buffer, opset)
@@ -161,7 +155,7 @@ def _open_session(model, device: str = "auto"):
     except Exception as error:
         name = "ONNX model" if isinstance(model, bytes) else model
         raise ExportError(
-            f"{name}: onnxruntime cannot load it ({_first_line(error, 160)})"
+            f"{name}: onnxruntime cannot load it ({first_line(error, 160, type(error).__name__)})"
         ) from None
 
 # %% ../nbs/08_export.ipynb #b668ca00

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ReidError, Spec, SpecError, load_spec
+from .config import ReidError, Spec, SpecError, first_line, load_spec
 from .runs import COMMAND_ENV, recorded_run
 
 # %% auto #0
@@ -217,21 +217,15 @@ def reid_error_names() -> set[str]:
         importlib.import_module(f"reid_nb.{name}")
     return {"ReidError"} | {cls.__name__ for cls in _subclasses(ReidError)}
 
-# %% ../nbs/10_runner.ipynb #031c5527
-def _first_line(text) -> str:
-    "The first line of `text`, stripped ('' when there is none)."
-    stripped = (text or "").strip()
-    return stripped.splitlines()[0] if stripped else ""
-
 # %% ../nbs/10_runner.ipynb #98416d35
 def error_line(exc: BaseException, report=None) -> str | None:
     "The one-line message for `exc`, or None when it is not the user's mistake."
     if isinstance(exc, ReidError):
-        return _first_line(str(exc)) or type(exc).__name__
+        return first_line(exc, limit=None) or type(exc).__name__
     ename = getattr(exc, "ename", None)  # papermill's PapermillExecutionError has one
     if ename is None:
         return None
-    message = _first_line(getattr(exc, "evalue", None))
+    message = first_line(getattr(exc, "evalue", None), limit=None)
     if ename in reid_error_names():
         return message or ename
     where = f" (traceback in {report})" if report else ""
