@@ -20,9 +20,11 @@ from torchvision import transforms as T
 from .config import DataError, SpecError
 
 # %% auto #0
-__all__ = ['NAME_RULE', 'IMAGE_SUFFIXES', 'SPLITS', 'SPLIT_KEYS', 'parse_name', 'Record', 'read_split', 'ReidData', 'relabel',
-           'split_table', 'load_data', 'load_eval_data', 'RandomErasing', 'ToMode', 'build_transforms', 'load_image',
-           'ReidDataset', 'ReidLoader', 'loader_options', 'make_eval_loader', 'set_epoch']
+__all__ = ['NAME_RULE', 'IMAGE_SUFFIXES', 'SPLITS', 'MSMT_LISTS', 'MSMT_IMAGE_DIRS', 'SET_STRIDE', 'CAMERA_STRIDE', 'SPLIT_KEYS',
+           'parse_name', 'Record', 'msmt_camera', 'msmt_list_files', 'read_list', 'read_split', 'prefix_set',
+           'set_name', 'ReidData', 'relabel', 'split_table', 'load_data', 'load_eval_data', 'RandomErasing', 'ToMode',
+           'build_transforms', 'load_image', 'ReidDataset', 'ReidLoader', 'loader_options', 'make_eval_loader',
+           'set_epoch']
 
 # %% ../nbs/01_data.ipynb #bab2e962
 NAME_RULE = re.compile(r"([-\d]+)_c(\d+)")
@@ -101,11 +103,92 @@ def _parse_images(images: list[Path], split: str) -> tuple[list[Record], list[st
             records.append(Record(str(path), *labels))
     return records, unparsed
 
+# %% ../nbs/01_data.ipynb #2262cecc
+MSMT_LISTS = {
+    "train": ("list_train.txt", "list_val.txt"),
+    "query": ("list_query.txt",),
+    "gallery": ("list_gallery.txt",),
+}
+MSMT_IMAGE_DIRS = ("train", "test", "mask_train_v2", "mask_test_v2")
+
+
+def msmt_camera(filename) -> int | None:
+    "The camera of an MSMT17 name `0000_000_01_0303morning_0015_0.jpg` (third field), or None."
+    parts = Path(filename).name.split("_")
+    if len(parts) < 4 or not all(part.isdigit() for part in parts[:3]):
+        return None
+    return int(parts[2])
+
+# %% ../nbs/01_data.ipynb #e73d24f0
+def msmt_list_files(source: Path, split: str) -> list[Path]:
+    """The MSMT17 list files `source` stands for in `split`: itself when it is a `.txt` file, the
+    standard lists of `split` when it is a folder holding MSMT17's lists, else none."""
+    if source.suffix.lower() == ".txt":
+        if not source.is_file():
+            raise DataError(f"{source}: list file not found")
+        return [source]
+    every_list = [name for names in MSMT_LISTS.values() for name in names]
+    if not source.is_dir() or not any((source / name).is_file() for name in every_list):
+        return []
+    first = source / MSMT_LISTS[split][0]
+    if not first.is_file():
+        raise DataError(f"{first}: list file not found; expected MSMT17's list of {split} images")
+    return [source / name for name in MSMT_LISTS[split] if (source / name).is_file()]
+
+# %% ../nbs/01_data.ipynb #66bb56b8
+def _list_entries(list_file: Path) -> list[tuple[str, int]]:
+    "`(image path, person label)` per line of an MSMT17 list file; a `DataError` naming the line."
+    entries = []
+    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise DataError(
+                f"{list_file} line {number}: expected '<image path> <person id>', got {line!r}"
+            )
+        entries.append((parts[0], int(parts[1])))
+    if not entries:
+        raise DataError(f"{list_file}: empty; expected lines '<image path> <person id>'")
+    return entries
+
+
+def _image_root(list_file: Path, entry: str) -> Path:
+    """The folder the entries of `list_file` are relative to: its own, or an MSMT17 image folder,
+    those of the list's split first (`list_query.txt`: `test/`, `mask_test_v2/`)."""
+    testing = any(word in list_file.stem for word in ("query", "gallery", "test"))
+    order = sorted(MSMT_IMAGE_DIRS, key=lambda name: ("test" in name) != testing)
+    for name in (*order, ""):
+        if (list_file.parent / name / entry).is_file():
+            return list_file.parent / name
+    places = ", ".join(MSMT_IMAGE_DIRS)
+    raise DataError(f"{list_file}: {entry} not found beside the list nor in its {places} folders")
+
+# %% ../nbs/01_data.ipynb #f8bacbea
+def read_list(list_file) -> list[Record]:
+    "The records of an MSMT17 list file: person = label + 1, camera from the file name."
+    list_file = Path(list_file)
+    entries = _list_entries(list_file)
+    root = _image_root(list_file, entries[0][0])
+    records, missing = [], []
+    for number, (entry, label) in enumerate(entries, 1):
+        camera = msmt_camera(entry)
+        if camera is None:
+            raise DataError(
+                f"{list_file} line {number}: {entry}: expected an MSMT17 name like "
+                "0000_000_01_0303morning_0015_0.jpg"
+            )
+        path = root / entry
+        if not path.is_file():
+            missing.append(entry)
+        records.append(Record(str(path), label + 1, camera))
+    if missing:
+        raise DataError(f"{list_file}: {len(missing)} listed image(s) not found: {_few(missing)}")
+    return records
+
 # %% ../nbs/01_data.ipynb #b1c2d30c
-def read_split(directory, split: str = "gallery") -> list[Record]:
+def _read_folder(directory, split: str) -> list[Record]:
     "The records of one split folder: junk (-1) dropped, distractors (0) kept in the gallery only."
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     folder = Path(directory)
     images = _list_images(folder, split)
     records, unparsed = _parse_images(images, split)
@@ -116,11 +199,55 @@ def read_split(directory, split: str = "gallery") -> list[Record]:
         )
     if unparsed:
         skipped = f"skipped {len(unparsed)} image(s) whose names do not parse"
-        warnings.warn(f"{folder}: {skipped}: {_few(unparsed)}", stacklevel=2)
+        warnings.warn(f"{folder}: {skipped}: {_few(unparsed)}", stacklevel=3)
     if not records:
         kinds = "junk (id -1)" if split == "gallery" else "junk (id -1) or a distractor (id 0)"
         raise DataError(f"{folder}: every image is {kinds}; no {split} images left")
     return records
+
+
+def read_split(directory, split: str = "gallery") -> list[Record]:
+    """The records of one split: a Market-1501 / DukeMTMC-reID folder, an MSMT17 list file, or an
+    MSMT17 folder (its standard lists of `split`, below). Junk (-1) dropped, distractors (0) kept
+    in the gallery only."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    list_files = msmt_list_files(Path(directory), split)
+    if list_files:
+        return [record for list_file in list_files for record in read_list(list_file)]
+    return _read_folder(directory, split)
+
+# %% ../nbs/01_data.ipynb #96d06ea4
+SET_STRIDE = 100_000  # person ids of the k-th set of several become k * SET_STRIDE + id
+CAMERA_STRIDE = 100  # and its camera ids k * CAMERA_STRIDE + camera
+
+
+def prefix_set(records: Sequence[Record], index: int) -> list[Record]:
+    "Records of the `index`-th of several sets, ids and cameras moved into that set's own range."
+    if index == 0:
+        return list(records)
+    return [
+        r._replace(
+            pid=r.pid + index * SET_STRIDE if r.pid > 0 else r.pid,
+            camid=r.camid + index * CAMERA_STRIDE,
+        )
+        for r in records
+    ]
+
+# %% ../nbs/01_data.ipynb #ad7a78b8
+_SPLIT_FOLDERS = ("bounding_box_train", "bounding_box_test", "query", "train", "test", "gallery")
+
+
+def set_name(directory) -> str:
+    """A short name for the set a split folder belongs to: the folder above a split folder
+    (`.../market1501/query` -> `market1501`), the folder of an MSMT17 list file, else the folder's
+    own name; several joined by '+'."""
+    if isinstance(directory, (list, tuple)):
+        return "+".join(set_name(folder) for folder in directory)
+    path = Path(str(directory))
+    if path.suffix.lower() == ".txt" or path.name in _SPLIT_FOLDERS:
+        return path.parent.name or str(path)
+    return path.name or str(path)
 
 # %% ../nbs/01_data.ipynb #52c5b2e4
 @dataclass
@@ -167,7 +294,7 @@ SPLIT_KEYS = {
 }
 
 # %% ../nbs/01_data.ipynb #80232b13
-def _read_keyed(directory, split: str, key: str) -> list[Record]:
+def _read_one(directory, split: str, key: str) -> list[Record]:
     "`read_split`, with the spec `key` that named the folder at the start of its errors."
     if not str(directory):
         raise DataError(f"{key}: not set; expected the folder of the {split} images")
@@ -175,6 +302,18 @@ def _read_keyed(directory, split: str, key: str) -> list[Record]:
         return read_split(directory, split)
     except DataError as e:
         raise DataError(f"{key}: {e}") from None
+
+
+def _read_keyed(directory, split: str, key: str) -> list[Record]:
+    "The records of the folder (or list of folders, each set in its own id range) `key` names."
+    if not isinstance(directory, (list, tuple)):
+        return _read_one(directory, split, key)
+    if not directory:
+        raise DataError(f"{key}: empty list; expected the folder(s) of the {split} images")
+    records = []
+    for index, folder in enumerate(directory):
+        records += prefix_set(_read_one(folder, split, f"{key}[{index}]"), index)
+    return records
 
 # %% ../nbs/01_data.ipynb #b1c2d315
 def _assemble(found: dict, verbose: bool) -> ReidData:

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ReidError
-from .data import load_image, read_split
+from .config import PROTOCOLS, ReidError
+from .data import CAMERA_STRIDE, load_image, read_split
 
 # %% auto #0
-__all__ = ['MetricsError', 'compute_distmat', 'ranking_metrics_reference', 'ranking_metrics', 'histogram_features',
-           'histogram_baseline']
+__all__ = ['MetricsError', 'compute_distmat', 'ranking_metrics_reference', 'ranking_metrics', 'protocol_cameras',
+           'record_cameras', 'histogram_features', 'histogram_baseline']
 
 # %% ../nbs/05_metrics.ipynb #9e32c231
 class MetricsError(ReidError, ValueError):
@@ -105,7 +105,8 @@ def _aggregate(ap, inp, first, max_rank, return_per_query):
     num_valid = int(valid.sum())
     if num_valid == 0:
         raise MetricsError(
-            "ranking_metrics: no query has a valid match in the gallery (same person, other camera)"
+            "ranking_metrics: no query has a valid match in the gallery (same person, other "
+            "camera); for a set without camera ids use evaluate.protocol=no_camera"
         )
     cmc = _cmc(first[valid], max_rank)
     out = dict(
@@ -227,6 +228,33 @@ def ranking_metrics(
 
     _run_parallel(score_chunk, len(starts), num_threads)
     return _aggregate(ap, inp, first, max_rank, return_per_query)
+
+# %% ../nbs/05_metrics.ipynb #27962209
+def protocol_cameras(protocol: str, q_camids, g_camids, q_names, g_names):
+    """The camera ids [Q], [G] that `ranking_metrics` should compare under `protocol`: the
+    cameras as they are (`market`), or one id per image name (`no_camera`), so that only the
+    query image itself is left out of its gallery."""
+    if protocol == "market":
+        return _as_ids(q_camids), _as_ids(g_camids)
+    if protocol != "no_camera":
+        raise MetricsError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    key_of = {}
+    for name in [*q_names, *g_names]:
+        key_of.setdefault(Path(str(name)).name, len(key_of))
+    q_keys = np.array([key_of[Path(str(name)).name] for name in q_names], np.int64)
+    g_keys = np.array([key_of[Path(str(name)).name] for name in g_names], np.int64)
+    return q_keys, g_keys
+
+# %% ../nbs/05_metrics.ipynb #e616ba65
+def record_cameras(protocol: str, query, gallery) -> tuple[np.ndarray, np.ndarray]:
+    "`protocol_cameras` for query and gallery `reid_nb.data.Record` lists."
+
+    def names(records):  # the same file name in one test set is one image
+        return [f"{r.camid // CAMERA_STRIDE}:{Path(r.path).name}" for r in records]
+
+    q_camids = [record.camid for record in query]
+    g_camids = [record.camid for record in gallery]
+    return protocol_cameras(protocol, q_camids, g_camids, names(query), names(gallery))
 
 # %% ../nbs/05_metrics.ipynb #6ba95d1d
 def histogram_features(path, bins: int = 8) -> np.ndarray:

@@ -215,8 +215,10 @@ def spec_differences(saved: dict, spec: Spec, ignore=RESUMABLE_KEYS) -> list[str
     ]
 
 # %% ../nbs/00a_runs.ipynb #e2a29426
-def _absolute(path: str) -> str:
-    "`path` made absolute against the working directory; '' (not set) stays ''."
+def _absolute(path):
+    "`path` (or each of a list of paths) made absolute against the working directory; '' stays ''."
+    if isinstance(path, (list, tuple)):
+        return [_absolute(item) for item in path]
     return str(Path(path).resolve()) if path else ""
 
 
