@@ -5,6 +5,7 @@
 # %% ../nbs/01a_synth.ipynb #a0abf3f6
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from .config import ReidError, atomic_write
 # %% auto #0
 __all__ = ['PALETTE', 'SKIN', 'HAIR', 'PATTERNS', 'VIEWS', 'SPLITS', 'KINDS', 'SYNTH_VERSION', 'MANIFEST', 'SynthError',
            'palette_colour', 'Identity', 'sample_identity', 'Camera', 'sample_camera', 'Pose', 'make_pose',
-           'draw_person', 'draw_background', 'draw_occluder', 'render', 'Shot', 'plan_dataset', 'make_dataset',
-           'synth_overrides']
+           'draw_person', 'draw_background', 'draw_occluder', 'render', 'Shot', 'plan_dataset', 'render_shot',
+           'make_dataset', 'synth_overrides']
 
 # %% ../nbs/01a_synth.ipynb #55789745
 class SynthError(ReidError, ValueError):
@@ -620,6 +621,19 @@ def _camera_rendition(image: Image.Image, cam: Camera, rng) -> Image.Image:
     pixels += rng.normal(0, cam.noise, pixels.shape)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
+# %% ../nbs/01a_synth.ipynb #a6bddead
+def _painted(paint, rng, size: tuple[int, int], kwargs: dict) -> np.ndarray:
+    "Where `paint(draw, rng=..., **kwargs)` colours a black canvas of `size` (W, H): bool [H,W]."
+    canvas = Image.new("RGB", size)
+    paint(ImageDraw.Draw(canvas), rng=copy.deepcopy(rng), **kwargs)  # `rng` itself is not moved
+    return np.asarray(canvas).any(axis=2)
+
+
+def _downsized(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    "A bool mask resized as the image is; a pixel counts when at least half of it is covered."
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(image.resize((width, height), Image.BILINEAR, reducing_gap=None)) >= 128
+
 # %% ../nbs/01a_synth.ipynb #da3b0b9c
 def render(
     ident: Identity | None,
@@ -630,27 +644,37 @@ def render(
     view: str | None = None,
     kind: str = "person",
     supersample: int = 2,
+    with_mask: bool = False,
 ) -> Image.Image:
     """One shot by `cam`, an RGB image `height` x `width`, drawn `supersample` times larger and
     downsampled. kind: "person" (a good box of `ident`), "distractor" (`ident` badly framed),
-    "junk" (mostly background: `ident` is not used)."""
+    "junk" (mostly background: `ident` is not used). With `with_mask`: `(image, mask)`, the mask
+    bool [height, width] where `ident` is visible (drawn, not occluded); the image is the same."""
     big_width, big_height = width * supersample, height * supersample
     image = Image.new("RGB", (big_width, big_height))
     draw = ImageDraw.Draw(image)
     draw_background(draw, cam, rng, big_width, big_height)
     view = _pick_view(cam, rng, view)
     person_height, foot_y, centre_x = _framing(kind, rng, big_width, big_height)
+    place = dict(ident=ident, view=view, centre_x=centre_x, foot_y=foot_y, height=person_height)
+    visible = np.zeros((big_height, big_width), bool)
     if kind != "junk":
-        draw_person(draw, ident, view, centre_x, foot_y, person_height, rng)
+        if with_mask:
+            visible = _painted(draw_person, rng, image.size, place)
+        draw_person(draw, rng=rng, **place)
     elif rng.random() < 0.5:  # junk: maybe a sliver of someone at the edge
         other = sample_identity(rng)
         other_x, other_foot = rng.uniform(-0.3, 1.3) * big_width, big_height * rng.uniform(1.2, 2)
         draw_person(draw, other, view, other_x, other_foot, big_height * 1.5, rng)
     if rng.random() < cam.occlusion:
-        draw_occluder(draw, rng, big_width, big_height, foot_y)
+        where = dict(width=big_width, height=big_height, foot_y=foot_y)
+        if with_mask:
+            visible &= ~_painted(draw_occluder, rng, image.size, where)
+        draw_occluder(draw, rng=rng, **where)
     if supersample > 1:
         image = image.resize((width, height), Image.BILINEAR, reducing_gap=None)
-    return _camera_rendition(image, cam, rng)
+    image = _camera_rendition(image, cam, rng)
+    return (image, _downsized(visible, width, height)) if with_mask else image
 
 # %% ../nbs/01a_synth.ipynb #bbfea0f1
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
@@ -815,6 +839,18 @@ def _draw_shots(root: Path, shots, seed: int, num_cameras: int, height: int, wid
         camera = cameras[shot.camid]
         image = render(ident, camera, rng, height, width, kind=shot.kind)
         image.save(root / shot.split / shot.name, quality=camera.quality)
+
+# %% ../nbs/01a_synth.ipynb #5fddd698
+def render_shot(shot: Shot, seed: int = 0, height: int = 128, width: int = 64, with_mask=False):
+    """`shot` as `make_dataset(..., seed=seed)` draws it, before the JPEG encoding; with
+    `with_mask`, `(image, mask)` as `render` gives them."""
+    rng = np.random.default_rng([seed, 3, *shot.key])
+    if shot.kind != "person":
+        ident = sample_identity(rng)  # a distractor or junk box: a stranger
+    else:
+        ident = sample_identity(np.random.default_rng([seed, 1, shot.pid]))
+    camera = sample_camera(np.random.default_rng([seed, 2, shot.camid]))
+    return render(ident, camera, rng, height, width, kind=shot.kind, with_mask=with_mask)
 
 # %% ../nbs/01a_synth.ipynb #387d7246
 def _write_manifest(root: Path, params: dict, shots) -> dict:
