@@ -56,6 +56,31 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _precision_rows(train: dict) -> list[str]:
+    "Training and inference, bf16 + channels_last against float32 (same run), for each model."
+    nan, rows = float("nan"), []
+    bf16 = "native" if train.get("cpu_bf16_native") else "emulated: no native bf16 on this CPU"
+    for model, name in (("demo", "resnet_18 (demo)"), ("resnet50", "resnet_50")):
+        for kind, what in (("train", "training"), ("infer", "inference")):
+            best = train.get(f"{model}_{kind}_bf16_channels_last_img_s", nan)
+            plain = train.get(f"{model}_{kind}_float32_img_s", nan)
+            layout = train.get(f"{model}_{kind}_channels_last_img_s", nan)
+            rows.append(
+                f"| {name} {what}, {train.get(f'{model}_input', '?')}, batch 64, CPU "
+                f"| {best:.3g} img/s bf16 + channels_last ({bf16}); {layout:.3g} channels_last "
+                f"| {plain:.3g} img/s float32 | {best / plain:.3g}x |"
+            )
+    compiled = train.get("demo_train_compiled_over_eager")
+    if compiled is not None:
+        rows.append(
+            f"| torch.compile (train.compile), demo training "
+            f"| {train.get('demo_train_compiled_img_s', nan):.3g} img/s compiled "
+            f"({train.get('demo_train_compile_s', nan):.0f} s to compile) | eager "
+            f"| {compiled:.3g}x |"
+        )
+    return rows
+
+
 def headline(results: dict) -> str:
     "The README's speed table: the figures that matter, each against its same-run reference."
     metrics, rerank = results.get("bench_metrics", {}), results.get("bench_rerank", {})
@@ -83,10 +108,7 @@ def headline(results: dict) -> str:
         f"| {rerank.get('big_fast_peak_mb', float('nan')) / 1024:.2g} GB "
         f"| dense: {rerank.get('big_dense_peak_mb_extrapolated', float('nan')) / 1024:.3g} GB "
         "(extrapolated) | |",
-        f"| resnet_50 training, {train.get('input', '?')}, batch {train.get('batch', '?')} "
-        f"| {train.get('cpu_channels_last_img_s', float('nan')):.3g} img/s channels_last "
-        f"| {train.get('cpu_contiguous_img_s', float('nan')):.3g} img/s contiguous "
-        f"| {train.get('channels_last_speedup', float('nan')):.3g}x |",
+        *_precision_rows(train),
         f"| inference, resnet_50, batch 64 "
         f"| {infer.get('onnxruntime_b64_img_s', float('nan')):.3g} img/s onnxruntime "
         f"| {infer.get('torch_b64_img_s', float('nan')):.3g} img/s PyTorch eager "

@@ -11,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from .checkpoint import random_init_checkpoint
-from .config import ReidError, load_spec
+from .config import ReidError, autocast_dtype, load_spec, precision_name
 from .evaluate import run_evaluation
 from .metrics import histogram_baseline
 from .runner import TASKS, exit_code, run_task
@@ -210,6 +212,12 @@ def _summary_rows(result: dict) -> dict:
         "trained + re-ranking": result["trained"]["re-ranked"],
     }
 
+# %% ../nbs/11_demo.ipynb #5f38b10a
+def _precision(spec) -> str:
+    "How training computes on this machine: `bf16, channels_last` or `float32` (`train.amp`)."
+    dtype = autocast_dtype(spec.train.amp, "cuda" if torch.cuda.is_available() else "cpu")
+    return f"{precision_name(dtype)}, channels_last" if dtype is not None else "float32"
+
 # %% ../nbs/11_demo.ipynb #320c69ea
 def format_summary(result: dict) -> str:
     "The demo's closing summary: figures, then where each output lies."
@@ -222,7 +230,7 @@ def format_summary(result: dict) -> str:
     lines = [
         f"reid_nb demo: done in {minutes} min {seconds:02d} s ({steps})",
         "",
-        f"{spec.model.backbone} at {size}, {epochs} epoch{plural}, "
+        f"{spec.model.backbone} at {size}, {epochs} epoch{plural} in {_precision(spec)}, "
         "on the synthetic set (query/gallery of unseen identities):",
         "",
         summary_table(_summary_rows(result)),
