@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-slow nbtest pytest sync-check lint lint-check export clean-nbs docs browser-deps bench clean
+.PHONY: venv peers demo test test-slow nbtest pytest sync-check lint lint-check export clean-nbs docs browser-deps bench gpu-check-dry clean
 
 venv: $(STAMP)
 
@@ -14,6 +14,15 @@ $(STAMP): settings.ini setup.py
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
 	$(BIN)/python -m ipykernel install --user --name reid_nb --display-name "Python (reid_nb)" >/dev/null
 	touch $(STAMP)
+
+## Peer tools for tests/test_import.py (fast-reid 1.4.0, torchreid 0.2.5): test-only, without
+## their own dependencies (see tests/peers.txt); the import tests skip when they are missing.
+PEERS := $(VENV)/.peers
+peers: $(PEERS)
+
+$(PEERS): $(STAMP) tests/peers.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -r tests/peers.txt
+	touch $(PEERS)
 
 ## The main job: synthetic data -> train -> evaluate -> inference -> export, with a summary.
 demo: $(STAMP)
@@ -28,11 +37,11 @@ sync-check: $(STAMP)
 nbtest: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(PEERS)
 	$(BIN)/python -m pytest -m "not slow" tests
 
 ## Everything, the slow checks included.
-test-slow: $(STAMP) sync-check
+test-slow: $(STAMP) $(PEERS) sync-check
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --flags slow
 	$(BIN)/python -m pytest tests
 
@@ -65,6 +74,10 @@ browser-deps:
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+## The GPU check's steps at a tiny size on the CPU (the real run: bash benchmarks/gpu_check.sh).
+gpu-check-dry: $(STAMP)
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh --dry-run --out $(or $(TMPDIR),/tmp)/gpu_check_dry.json
 
 clean:
 	rm -rf _docs _site _proc .pytest_cache

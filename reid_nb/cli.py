@@ -9,10 +9,15 @@ import argparse
 import json
 import shlex
 import sys
+from pathlib import Path
 
 import reid_nb
+from .config import ReidError, load_spec
 from .demo import main as demo_main
+from .import_weights import SOURCES, import_checkpoint, spec_section
+from .prepare import SETS, VARIANTS, prepare_folder, prepare_set
 from .runner import TASKS, Task, exit_code, run_task
+from .sweep import plan_from_arguments, run_sweep
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -71,9 +76,113 @@ def _version() -> str:
     "The installed version of reid_nb."
     return getattr(reid_nb, "__version__", "unknown")
 
+# %% ../nbs/12_cli.ipynb #a6faf27c
+def _add_prepare_parser(subparsers):
+    "The `prepare` subcommand: a public set (`NAME SRC`) or your own crops (`folder SRC`)."
+    parser = subparsers.add_parser(
+        "prepare",
+        help="lay a downloaded set, or your own crops, out in the Market-1501 format, checked",
+        description="prepare: lay out a set as DIR/NAME (Market-1501 folders, manifest.csv, "
+        "spec.yaml), checked against its published counts; a second run only verifies.",
+    )
+    parser.add_argument("name", metavar="NAME", help=f"{', '.join(SETS)}, or folder")
+    parser.add_argument("source", metavar="SRC", help="the archive or folder (or a .csv list)")
+    parser.add_argument("--root", required=True, metavar="DIR", help="where DIR/NAME goes")
+    parser.add_argument("--variant", choices=VARIANTS, help="cuhk03_np: which boxes")
+    parser.add_argument(
+        "--allow-mismatch", action="store_true", help="accept other counts (your own subset)"
+    )
+    parser.add_argument("--name", dest="set_name", help="folder: the set's name (default: own)")
+    parser.add_argument("--test-fraction", type=float, help="folder: share of test identities")
+    parser.add_argument("--seed", type=int, help="folder: seed of the split (default: 0)")
+
+# %% ../nbs/12_cli.ipynb #ff182314
+def _run_prepare(args) -> Path:
+    "Prepare what `args` (of the `prepare` subcommand) asks for; the prepared folder."
+    own = {"--name": args.set_name, "--test-fraction": args.test_fraction, "--seed": args.seed}
+    if args.name == "folder":
+        if args.variant or args.allow_mismatch:
+            raise ReidError("--variant/--allow-mismatch: not for your own crops (prepare folder)")
+        return prepare_folder(
+            args.source,
+            args.root,
+            name=args.set_name or "own",
+            test_fraction=0.5 if args.test_fraction is None else args.test_fraction,
+            seed=args.seed or 0,
+        )
+    given = [option for option, value in own.items() if value is not None]
+    if given:
+        raise ReidError(f"{given[0]}: only for your own crops (reid_nb prepare folder SRC)")
+    return prepare_set(args.name, args.source, args.root, args.variant, args.allow_mismatch)
+
+# %% ../nbs/12_cli.ipynb #f1f6f40f
+def _add_sweep_parser(subparsers):
+    "The `sweep` subcommand: a grid (`key=v1,v2`) or a variants file, under a name."
+    parser = subparsers.add_parser(
+        "sweep",
+        help="train and evaluate variants of a spec (a grid, or a YAML list) and compare them",
+        description="sweep: train + evaluate each variant in results_dir/sweeps/NAME/<variant>, "
+        "resume an interrupted sweep, and write comparison.ipynb there.",
+    )
+    _add_spec_arguments(parser)
+    parser.add_argument("--name", required=True, help="the sweep's name (its folder's name)")
+    parser.add_argument("--variants", metavar="FILE", help="a YAML file of named variants")
+    parser.add_argument(
+        "-j", "--jobs", type=int, default=1, help="variants run at once, one process each"
+    )
+    parser.add_argument(
+        "--no-notebook", action="store_true", help="call the task functions, no report notebooks"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="print no progress, only where the comparison is"
+    )
+
+# %% ../nbs/12_cli.ipynb #9ca26731
+def _run_sweep(args, argv: list[str]) -> dict:
+    "Plan and run the sweep `args` (of the `sweep` subcommand) asks for."
+    plan = plan_from_arguments(args.name, args.spec, args.overrides, args.variants)
+    return run_sweep(
+        plan,
+        jobs=args.jobs,
+        notebook=not args.no_notebook,
+        quiet=args.quiet,
+        command=shlex.join(["reid_nb", *argv]),
+    )
+
+# %% ../nbs/12_cli.ipynb #d2e65520
+def _add_import_parser(subparsers):
+    "The `import` subcommand: a spec, the source tool, its checkpoint and where to write ours."
+    parser = subparsers.add_parser(
+        "import",
+        help="turn a TAO / fast-reid / reid-strong-baseline / torchreid checkpoint into ours",
+        description="import: map another tool's checkpoint to a reid_nb checkpoint at OUT and "
+        "print what was loaded, left unused or dropped, and the spec section of the model.",
+    )
+    parser.add_argument("-e", "--experiment_spec_file", dest="spec", required=True, metavar="SPEC")
+    parser.add_argument("--from", dest="source", required=True, choices=list(SOURCES))
+    parser.add_argument("src", metavar="SRC", help="the other tool's checkpoint")
+    parser.add_argument("out", metavar="OUT", help="the reid_nb checkpoint to write")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+
+# %% ../nbs/12_cli.ipynb #f9175536
+def _import_main(args) -> int:
+    "`reid_nb import ...`: import, then print the spec section of the model; the exit code."
+
+    def run():
+        spec = load_spec(args.spec, overrides=args.overrides)
+        return import_checkpoint(spec, args.source, args.src, args.out, args.overwrite)
+
+    status, report = exit_code("reid_nb import", run)
+    if status == 0:
+        print(f"import: checkpoint: {report['path']}")
+        print("import: the model's spec section (for pretrain_choice: self):")
+        print(spec_section(report["spec"], report["path"]).rstrip())
+    return status
+
 # %% ../nbs/12_cli.ipynb #c81354df
 def build_parser() -> argparse.ArgumentParser:
-    "The parser of `reid_nb`: one subcommand per task, and `demo`."
+    "The parser of `reid_nb`: one subcommand per task, `prepare`, `sweep`, `import` and `demo`."
     parser = argparse.ArgumentParser(
         prog="reid_nb",
         description="Person re-identification tasks, driven by TAO-style experiment specs. "
@@ -82,11 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"reid_nb {_version()}")
     subparsers = parser.add_subparsers(
-        dest="task", metavar="{train,evaluate,inference,export,demo}"
+        dest="task", metavar="{train,evaluate,inference,export,prepare,sweep,import,demo}"
     )
     subparsers.required = True
     for task in TASKS.values():
         _add_task_parser(subparsers, task)
+    _add_prepare_parser(subparsers)
+    _add_sweep_parser(subparsers)
+    _add_import_parser(subparsers)
     subparsers.add_parser(
         "demo",
         add_help=False,
@@ -113,12 +225,30 @@ def _say_result(task: str, out: dict):
         print(f"{task}: report: {out['report']}")
 
 # %% ../nbs/12_cli.ipynb #f283a63f
+def _prepare_main(args) -> int:
+    "`reid_nb prepare ...`: prepare, then name the spec to use; the exit code."
+    status, dest = exit_code("reid_nb prepare", lambda: _run_prepare(args))
+    if status == 0:
+        print(f"prepare: {dest}")
+        print(f"prepare: spec: {Path(dest) / 'spec.yaml'}")
+    return status
+
+
 def main(argv=None) -> int:
     "Entry point of `reid_nb` / `python -m reid_nb`; returns the exit code."
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
         return demo_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.task == "prepare":
+        return _prepare_main(args)
+    if args.task == "import":
+        return _import_main(args)
+    if args.task == "sweep":
+        status, out = exit_code("reid_nb sweep", lambda: _run_sweep(args, argv))
+        if status == 0:
+            print(f"sweep: comparison: {out['comparison']}")
+        return status
     status, out = exit_code(
         f"reid_nb {args.task}",
         lambda: run_task(

@@ -21,10 +21,11 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['BACKBONES', 'ReidError', 'SpecError', 'DataError', 'first_line', 'atomic_write', 'save_figure', 'ModelConfig',
-           'DatasetConfig', 'ReRankingConfig', 'OptimConfig', 'TrainConfig', 'EvaluateConfig', 'InferenceConfig',
-           'ExportConfig', 'Spec', 'validate', 'parse_override', 'apply_overrides', 'read_yaml', 'load_spec',
-           'save_spec', 'pick_device']
+__all__ = ['BACKBONES', 'SWIN_WIDTHS', 'ID_LOSS_TYPES', 'Folders', 'AMP_CHOICES', 'PROTOCOLS', 'ReidError', 'SpecError',
+           'DataError', 'first_line', 'atomic_write', 'save_figure', 'ModelConfig', 'DatasetConfig', 'ReRankingConfig',
+           'OptimConfig', 'TrainConfig', 'EvaluateConfig', 'InferenceConfig', 'ExportConfig', 'Spec', 'validate',
+           'parse_override', 'apply_overrides', 'read_yaml', 'load_spec', 'save_spec', 'check_gpu_ids', 'pick_device',
+           'bf16_native', 'autocast_dtype', 'precision_name']
 
 # %% ../nbs/00_config.ipynb #d19d602f
 class ReidError(Exception):
@@ -92,6 +93,14 @@ BACKBONES = (
 )
 
 # %% ../nbs/00_config.ipynb #545f2029
+SWIN_WIDTHS = dict(  # the width of each Swin's last stage: its embedding without reduce_feat_dim
+    swin_tiny_patch4_window7_224=768,
+    swin_small_patch4_window7_224=768,
+    swin_base_patch4_window7_224=1024,
+)
+ID_LOSS_TYPES = ("softmax", "arcface", "cosface", "amsoftmax", "circle")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     # resnet_18/34/50/101/152 or swin_{tiny,small,base}_patch4_window7_224
@@ -109,12 +118,42 @@ class ModelConfig:
     with_center_loss: bool = False
     with_flip_feature: bool = False  # average the embedding with the flipped image's
     label_smooth: bool = True
+    stem_relu: bool = True  # addition: ReLU after the ResNet stem's BatchNorm (TAO: false)
+    stem_pool: str = "padded"  # addition: stem max-pool, padded (torchvision) | ceil (fast-reid)
+    download: bool = True  # addition: fetch missing ImageNet weights into the torch / HF caches
+    # the reference's Transformer (Swin) keys; the loss keys act on ResNets too
+    reduce_feat_dim: bool = False  # Swin: bias-free Linear from the backbone's width to feat_dim
+    id_loss_type: str = "softmax"  # classifier: softmax | arcface | cosface | amsoftmax | circle
+    id_loss_weight: float = 1.0  # weight of the ID loss in the total
+    triplet_loss_weight: float = 1.0  # weight of the triplet loss in the total
+    no_margin: bool = False  # soft-margin triplet, log(1 + exp(d_ap - d_an)), no margin
+    dropout_rate: float = 0.0  # dropout between the BNNeck and the classifier (training)
+    drop_path: float = 0.1  # Swin: stochastic depth, rising to this rate at the last block
+    drop_out: float = 0.0  # Swin: dropout after the patch embedding, attention and MLP
+    att_drop_rate: float = 0.0  # Swin: dropout on the attention weights
+    semantic_weight: float = 1.0  # Swin: SOLIDER's semantic weight, in [0, 1]
+    # reference keys that no Swin code path acts on, or parts not built: default values only
+    stride_size: tuple[int, ...] = (16, 16)  # ViT patch stride (TransReID)
+    pretrain_hw_ratio: float = 2.0  # ViT pretraining height/width ratio (TransReID)
+    cos_layer: bool = False  # read by the reference, acted on by none of its layers
+    gem_pooling: bool = False  # generalized-mean pooling (ViT)
+    stem_conv: bool = False  # convolutional ViT stem
+    jpm: bool = False  # TransReID's jigsaw patch module (local branches)
+    shift_num: int = 5  # JPM
+    shuffle_group: int = 2  # JPM
+    devide_length: int = 4  # JPM (the reference's spelling)
+    re_arrange: bool = True  # JPM
+    sie_coe: float = 3.0  # side-information embedding (camera / view)
+    sie_camera: bool = False  # side-information embedding of the camera
+    sie_view: bool = False  # side-information embedding of the view
     _choices = dict(
         backbone=BACKBONES,
         pretrain_choice=("imagenet", "self", ""),
         neck=("bnneck", ""),
         neck_feat=("before", "after"),
         metric_loss_type=("triplet", "center", "triplet_center"),
+        stem_pool=("padded", "ceil"),
+        id_loss_type=ID_LOSS_TYPES,
     )
     _checks = dict(
         last_stride=(">", 0),
@@ -122,14 +161,28 @@ class ModelConfig:
         input_width=(">", 0),
         input_height=(">", 0),
         feat_dim=(">", 0),
+        id_loss_weight=(">=", 0),
+        triplet_loss_weight=(">=", 0),
+        dropout_rate=("[]", (0, 1)),
+        drop_path=("[]", (0, 1)),
+        drop_out=("[]", (0, 1)),
+        att_drop_rate=("[]", (0, 1)),
+        semantic_weight=("[]", (0, 1)),
     )
 
+    def __post_init__(self):
+        # a list read back from JSON (a checkpoint, ONNX metadata) is the tuple a spec holds
+        object.__setattr__(self, "stride_size", tuple(self.stride_size))
+
 # %% ../nbs/00_config.ipynb #27b38b6a
+Folders = str | tuple[str, ...]  # one folder, or a list of folders (several sets at once)
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
-    train_dataset_dir: str = ""
-    test_dataset_dir: str = ""  # the gallery
-    query_dataset_dir: str = ""
+    train_dataset_dir: Folders = ""  # addition: a list of folders trains on several sets
+    test_dataset_dir: Folders = ""  # the gallery (addition: a list, one per test set)
+    query_dataset_dir: Folders = ""  # addition: a list, one per test set
     num_classes: int = 751  # person ids in the training split
     batch_size: int = 64
     val_batch_size: int = 128
@@ -173,13 +226,18 @@ class OptimConfig:
     weight_decay: float = 0.0005
     weight_decay_bias: float = 0.0005
     warmup_factor: float = 0.01
-    warmup_iters: int = 10  # warmup length, in epochs
-    warmup_method: str = "linear"  # linear | cosine
+    warmup_iters: int = 10  # linear warmup length, in epochs
+    warmup_epochs: int = 20  # warmup length of the cosine schedule, in epochs
+    warmup_method: str = "linear"  # linear (warmup + steps) | cosine (warmup + cosine decay)
     base_lr: float = 0.00035
     momentum: float = 0.9  # SGD only
     center_loss_weight: float = 0.0005
     center_lr: float = 0.5
     triplet_loss_margin: float = 0.3
+    large_fc_lr: bool = False  # the classifier learns at twice base_lr
+    cosine_scale: float = 30.0  # s of the margin heads (model.id_loss_type)
+    cosine_margin: float = 0.5  # m of the margin heads
+    trp_l2: bool = False  # triplet loss on L2-normalised features
     lr_scheduler: str = "warmup_multistep"  # addition: warmup_multistep | auto_reduce
     patience: int = 5  # addition: auto_reduce epochs without improvement
     min_lr: float = 0.0  # addition: auto_reduce floor
@@ -195,17 +253,23 @@ class OptimConfig:
         weight_decay_bias=(">=", 0),
         warmup_factor=(">", 0),
         warmup_iters=(">=", 0),
+        warmup_epochs=(">=", 0),
         base_lr=(">", 0),
         momentum=(">=", 0),
         center_loss_weight=(">", 0),
         center_lr=(">", 0),
         triplet_loss_margin=(">", 0),
+        cosine_scale=(">", 0),
+        cosine_margin=("[]", (0, 1)),
         patience=(">=", 0),
         min_lr=(">=", 0),
     )
     _aliases = dict(steps="lr_steps")  # the reference's example spec says `steps`
 
 # %% ../nbs/00_config.ipynb #a1d4e70e
+AMP_CHOICES = ("auto", "off", "bf16", "fp16")  # train.amp (an addition)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     num_gpus: int = 1
@@ -219,8 +283,20 @@ class TrainConfig:
     results_dir: str = "${results_dir}/train"
     clip_grad_norm: float = 0.0  # 0 = no clipping
     sync_bn: bool = False  # addition: SyncBatchNorm in multi-process training
+    # addition: mixed precision of training, evaluation and inference: auto (bf16 where the CPU
+    # or GPU supports it, else fp16 with loss scaling on CUDA, else float32) | off | bf16 | fp16
+    amp: str | bool = "auto"  # (YAML reads a bare `off` as false, which means off too)
+    compile: bool = False  # addition: torch.compile the model for training and inference
+    # addition: deterministic GPU kernels, no cuDNN autotuning (exact resume on CUDA, slower)
+    deterministic: bool = False
+    # addition: the process group of multi-process training: auto (nccl on CUDA, else gloo) |
+    # nccl | gloo (the processes train on the CPU, e.g. tests on a GPU machine)
+    dist_backend: str = "auto"
+    dist_timeout_min: int = 60  # addition: collective timeout (rank 0 validates meanwhile)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    _choices = dict(dist_backend=("auto", "nccl", "gloo"))
     _checks = dict(
+        dist_timeout_min=(">", 0),
         num_gpus=(">", 0),
         num_nodes=(">", 0),
         seed=(">=", 0),
@@ -231,26 +307,41 @@ class TrainConfig:
     )
 
 # %% ../nbs/00_config.ipynb #05b065a3
+PROTOCOLS = ("market", "no_camera")  # evaluate.protocol (an addition)
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     checkpoint: str = ""  # a .pth checkpoint
     output_sampled_matches_plot: str = "${evaluate.results_dir}/sampled_matches.png"
     output_cmc_curve_plot: str = "${evaluate.results_dir}/cmc_curve.png"
-    test_dataset: str = "${dataset.test_dataset_dir}"
-    query_dataset: str = "${dataset.query_dataset_dir}"
+    # addition: a few of the sampled matches again, with their similarity maps (reid_nb.explain);
+    # "" = off
+    output_attention_plot: str = "${evaluate.results_dir}/sampled_matches_maps.png"
+    test_dataset: Folders = "${dataset.test_dataset_dir}"  # addition: a list, one per test set
+    query_dataset: Folders = "${dataset.query_dataset_dir}"  # addition: paired with test_dataset
     num_gpus: int = 1
     gpu_ids: tuple[int, ...] = (0,)
     results_dir: str = "${results_dir}/evaluate"
     overwrite: bool = False  # addition: replace the results of another run in results_dir
-    _checks = dict(num_gpus=(">", 0))
+    # addition: market (same person seen by the query's camera left out) | no_camera (only the
+    # query image itself left out), for sets without camera ids
+    protocol: str = "market"
+    # addition: the false positive rate at which the verification threshold is chosen (the
+    # distance below which two crops are called the same person; reid_nb.verification)
+    target_fpr: float = 0.001
+    _choices = dict(protocol=PROTOCOLS)
+    _checks = dict(num_gpus=(">", 0), target_fpr=("[]", (0, 1)))
 
 # %% ../nbs/00_config.ipynb #a1d4e712
 @dataclass(frozen=True)
 class InferenceConfig:
     checkpoint: str = ""  # a .pth checkpoint or an exported .onnx file
     output_file: str = "${inference.results_dir}/inference.json"
-    test_dataset: str = "${dataset.test_dataset_dir}"
-    query_dataset: str = "${dataset.query_dataset_dir}"
+    # addition: the embeddings on a plane, coloured by person id (reid_nb.explain); "" = off
+    output_embedding_plot: str = "${inference.results_dir}/embedding_map.png"
+    test_dataset: Folders = "${dataset.test_dataset_dir}"  # addition: a list of folders
+    query_dataset: Folders = "${dataset.query_dataset_dir}"  # addition: a list of folders
     num_gpus: int = 1
     gpu_ids: tuple[int, ...] = (0,)
     results_dir: str = "${results_dir}/inference"
@@ -307,8 +398,8 @@ def _type_name(tp) -> str:
     if typing.get_origin(tp) is tuple:
         item = _type_name(args[0]).split(" ", 1)[1]  # "a number" -> "number"
         return f"a list of {item}s"
-    names = [_type_name(arg) for arg in args if arg is not type(None)]
-    return " or ".join(names) + " or null"
+    names = " or ".join(_type_name(arg) for arg in args if arg is not type(None))
+    return names + " or null" if type(None) in args else names
 
 # %% ../nbs/00_config.ipynb #a1d4e71b
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -336,15 +427,26 @@ def _coerce_scalar(key: str, value, tp):
     raise SpecError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
 # %% ../nbs/00_config.ipynb #a1d4e71e
+def _coerce_union(key: str, value, args):
+    "`value` as the first member of the union `args` that takes it; a `SpecError` otherwise."
+    if value is None and type(None) in args:
+        return None
+    members = [arg for arg in args if arg is not type(None)]
+    for member in members:
+        try:
+            return _coerce(key, value, member)
+        except SpecError:
+            if member is members[-1]:
+                expected = " or ".join(_type_name(arg) for arg in members)
+                raise SpecError(f"{key}: expected {expected}, got {value!r}") from None
+
+
 def _coerce(key: str, value, tp):
     "Check `value` against the annotation `tp`; return it in canonical form (tuples for lists)."
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = next(arg for arg in args if arg is not type(None))
-        return _coerce(key, value, inner)
+        return _coerce_union(key, value, args)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise SpecError(f"{key}: expected {_type_name(tp)}, got {value!r}")
@@ -464,6 +566,149 @@ def _check_gpu_ids(spec: Spec):
         if any(g < 0 for g in gpu_ids):
             raise SpecError(f"{section}.gpu_ids: expected non-negative GPU indices, got {gpu_ids}")
 
+# %% ../nbs/00_config.ipynb #108383cc
+_TEST_SET_KEYS = (
+    ("dataset.query_dataset_dir", "dataset.test_dataset_dir"),
+    ("evaluate.query_dataset", "evaluate.test_dataset"),
+    ("inference.query_dataset", "inference.test_dataset"),
+)
+
+
+def _check_test_sets(spec: Spec):
+    "Query and gallery lists (several test sets) pair up: as many query folders as galleries."
+    for query_key, gallery_key in _TEST_SET_KEYS:
+        query = getattr(getattr(spec, query_key.split(".")[0]), query_key.split(".")[1])
+        gallery = getattr(getattr(spec, gallery_key.split(".")[0]), gallery_key.split(".")[1])
+        both_lists = isinstance(query, tuple) and isinstance(gallery, tuple)
+        if both_lists and len(query) == len(gallery):
+            continue
+        if isinstance(query, tuple) or isinstance(gallery, tuple):
+            raise SpecError(
+                f"{query_key}: expected one query folder per {gallery_key} folder, "
+                f"got {list(query) if isinstance(query, tuple) else query!r} and "
+                f"{list(gallery) if isinstance(gallery, tuple) else gallery!r}"
+            )
+
+# %% ../nbs/00_config.ipynb #dc4e303e
+def _shown(value) -> str:
+    "`value` as a spec writes it: true/false, [16, 16], 2.0."
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return str(list(value))
+    return str(value)
+
+
+_VIT_KEY = "a ViT (TransReID) setting that no Swin code path reads"
+_JPM_KEY = "TransReID's jigsaw patch branches (jpm) are not built"
+_SIE_KEY = "side-information embeddings are not built"
+_FIXED_KEYS = (  # (model key, why only its default is accepted)
+    ("stride_size", _VIT_KEY),
+    ("pretrain_hw_ratio", _VIT_KEY),
+    ("gem_pooling", _VIT_KEY),
+    ("stem_conv", _VIT_KEY),
+    ("cos_layer", "no layer of the reference acts on it; model.id_loss_type picks cosine heads"),
+    ("jpm", _JPM_KEY),
+    ("shift_num", _JPM_KEY),
+    ("shuffle_group", _JPM_KEY),
+    ("devide_length", _JPM_KEY),
+    ("re_arrange", _JPM_KEY),
+    ("sie_coe", _SIE_KEY),
+    ("sie_camera", _SIE_KEY),
+    ("sie_view", _SIE_KEY),
+)
+
+# %% ../nbs/00_config.ipynb #c262df58
+def _check_fixed_keys(spec: Spec):
+    "The reference keys that nothing here acts on keep their default values."
+    default = ModelConfig()
+    for key, why in _FIXED_KEYS:
+        value, expected = getattr(spec.model, key), getattr(default, key)
+        if value != expected:
+            raise SpecError(
+                f"model.{key}: {_shown(value)} is not supported ({why}); "
+                f"only the default {_shown(expected)} is accepted"
+            )
+
+# %% ../nbs/00_config.ipynb #6e160e81
+_RESNET_ONLY = ("last_stride", "stem_relu", "stem_pool")
+_SWIN_ONLY = ("reduce_feat_dim", "drop_path", "drop_out", "att_drop_rate", "semantic_weight")
+
+
+def _check_backbone_keys(spec: Spec):
+    "ResNet-only keys keep their defaults with a Swin, and Swin-only keys with a ResNet."
+    model, default = spec.model, ModelConfig()
+    swin = model.backbone in SWIN_WIDTHS
+    family, others = ("ResNet", _RESNET_ONLY) if swin else ("Swin", _SWIN_ONLY)
+    for key in others:
+        value, expected = getattr(model, key), getattr(default, key)
+        if value != expected:
+            raise SpecError(
+                f"model.{key}: {_shown(value)} acts on {family} backbones only "
+                f"(model.backbone is {model.backbone}); leave it at {_shown(expected)}"
+            )
+
+# %% ../nbs/00_config.ipynb #b877c0ea
+def _check_swin_width(spec: Spec):
+    "Without `reduce_feat_dim`, a Swin's `feat_dim` is its width (or the unused default)."
+    model = spec.model
+    width = SWIN_WIDTHS.get(model.backbone)
+    if width is None or model.reduce_feat_dim:
+        return
+    if model.feat_dim not in (ModelConfig().feat_dim, width):
+        raise SpecError(
+            f"model.feat_dim: {model.feat_dim} needs model.reduce_feat_dim: true "
+            f"(without it the {model.backbone} embedding has its {width} channels)"
+        )
+
+# %% ../nbs/00_config.ipynb #fe64fcab
+def _check_id_head(spec: Spec):
+    "Margin heads need the BNNeck; `cosine_scale`/`cosine_margin` need a margin head."
+    model, optim, default = spec.model, spec.train.optim, OptimConfig()
+    if model.id_loss_type != "softmax" and model.neck != "bnneck":
+        raise SpecError(
+            f"model.neck: the {model.id_loss_type} head (model.id_loss_type) needs 'bnneck' "
+            "(margin heads classify the BNNeck feature), got ''"
+        )
+    if model.id_loss_type != "softmax":
+        return
+    for key in ("cosine_scale", "cosine_margin"):
+        if getattr(optim, key) != getattr(default, key):
+            raise SpecError(
+                f"train.optim.{key}: only the margin heads read it; model.id_loss_type is "
+                "softmax (expected arcface, cosface, amsoftmax or circle)"
+            )
+
+# %% ../nbs/00_config.ipynb #fa019cfe
+_SCHEDULE_KEYS = dict(linear=("warmup_epochs",), cosine=("warmup_iters", "lr_steps", "gamma"))
+
+
+def _check_schedule_keys(spec: Spec):
+    "The keys of the warmup method not chosen keep their defaults."
+    optim, default = spec.train.optim, OptimConfig()
+    method = optim.warmup_method
+    if method == "cosine" and optim.lr_scheduler != "warmup_multistep":
+        raise SpecError(
+            f"train.optim.lr_scheduler: {optim.lr_scheduler} cannot follow warmup_method "
+            "cosine (the cosine schedule decays on its own); expected warmup_multistep"
+        )
+    for key in _SCHEDULE_KEYS[method]:
+        value, expected = getattr(optim, key), getattr(default, key)
+        if value != expected:
+            raise SpecError(
+                f"train.optim.{key}: {_shown(value)} is not read with warmup_method {method}; "
+                f"leave it at {_shown(expected)}"
+            )
+
+# %% ../nbs/00_config.ipynb #b07c3c4e
+def _check_amp(spec: Spec):
+    "`train.amp` is one of `AMP_CHOICES`, or false (a bare YAML `off`)."
+    amp = spec.train.amp
+    if amp is not False and amp not in AMP_CHOICES:
+        raise SpecError(
+            f"train.amp: {amp!r} is not supported; expected one of: auto, off, bf16, fp16"
+        )
+
 # %% ../nbs/00_config.ipynb #a1d4e72c
 _CROSS_KEY_RULES = (
     _check_pixels,
@@ -471,6 +716,13 @@ _CROSS_KEY_RULES = (
     _check_lr_steps,
     _check_pretrained,
     _check_gpu_ids,
+    _check_amp,
+    _check_test_sets,
+    _check_fixed_keys,
+    _check_backbone_keys,
+    _check_swin_width,
+    _check_id_head,
+    _check_schedule_keys,
 )
 
 
@@ -547,22 +799,28 @@ def _lookup(tree: dict, dotted: str):
     return node
 
 # %% ../nbs/00_config.ipynb #a1d4e734
+def _target(ref: str, key: str, tree: dict, seen: frozenset):
+    "The resolved value of `${ref}`, met in `key`; a `SpecError` for a cycle or an unknown key."
+    if ref in seen:
+        raise SpecError(f"{key}: circular reference to ${{{ref}}}")
+    try:
+        target = _lookup(tree, ref)
+    except KeyError:
+        raise SpecError(f"{key}: ${{{ref}}} does not name a key of the spec") from None
+    if isinstance(target, list):
+        return [_resolve(item, ref, tree, seen | {ref}) for item in target]
+    return _resolve(target, ref, tree, seen | {ref})
+
+
 def _resolve(value, key: str, tree: dict, seen: frozenset):
-    "`value` with each `${ref}` replaced by the resolved value of `ref` in `tree`."
+    """`value` with each `${ref}` replaced by the resolved value of `ref` in `tree`; a value that
+    is one reference and nothing else takes the referenced value as it is (a list stays a list)."""
     if not isinstance(value, str):
         return value
-
-    def replace(match):
-        ref = match.group(1)
-        if ref in seen:
-            raise SpecError(f"{key}: circular reference to ${{{ref}}}")
-        try:
-            target = _lookup(tree, ref)
-        except KeyError:
-            raise SpecError(f"{key}: ${{{ref}}} does not name a key of the spec") from None
-        return str(_resolve(target, ref, tree, seen | {ref}))
-
-    return _REF.sub(replace, value)
+    whole = _REF.fullmatch(value)
+    if whole and isinstance(target := _target(whole.group(1), key, tree, seen), list):
+        return target
+    return _REF.sub(lambda match: str(_target(match.group(1), key, tree, seen)), value)
 
 # %% ../nbs/00_config.ipynb #a1d4e736
 def _interpolate(tree: dict) -> dict:
@@ -671,8 +929,60 @@ def save_spec(spec: Spec, path) -> Path:
     return path
 
 # %% ../nbs/00_config.ipynb #4eb1fe86
-def pick_device(gpu_ids=(0,)):
-    "`cuda:<first id>` when CUDA is available, else `cpu`."
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{gpu_ids[0] if gpu_ids else 0}")
-    return torch.device("cpu")
+def check_gpu_ids(gpu_ids, key: str = "gpu_ids"):
+    "`SpecError` naming `key` when CUDA is available and an index of `gpu_ids` is not visible."
+    if not torch.cuda.is_available():
+        return
+    visible = torch.cuda.device_count()
+    missing = [index for index in gpu_ids if index >= visible]
+    if missing:
+        masked = os.environ.get("CUDA_VISIBLE_DEVICES")
+        note = f" (CUDA_VISIBLE_DEVICES={masked} numbers them from 0)" if masked else ""
+        raise SpecError(
+            f"{key}: GPU {missing[0]} asked for, but this process sees {visible} GPU(s), "
+            f"indices 0..{visible - 1}{note}"
+        )
+
+# %% ../nbs/00_config.ipynb #7a9aaa3f
+def pick_device(gpu_ids=(0,), key: str = "gpu_ids"):
+    "`cuda:<first id>` (checked, made current) when CUDA is available, else `cpu`."
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    index = gpu_ids[0] if gpu_ids else 0
+    check_gpu_ids([index], key)
+    device = torch.device(f"cuda:{index}")
+    torch.cuda.set_device(device)
+    return device
+
+# %% ../nbs/00_config.ipynb #2ca6c9d0
+def bf16_native(device) -> bool:
+    "Whether `device` (cpu or cuda) has native bfloat16 kernels, as torch reports it."
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+# %% ../nbs/00_config.ipynb #8411c7b5
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(amp: str, device) -> torch.dtype | None:
+    "The autocast dtype `train.amp` means on `device` (None = float32); `SpecError` if impossible."
+    device = torch.device(device)
+    amp = "off" if amp is False else amp  # a bare YAML `off` reads as false
+    if amp not in AMP_CHOICES:
+        raise SpecError(f"train.amp: {amp!r} is not supported; expected one of: auto, off, ...")
+    if amp == "auto":
+        if bf16_native(device):
+            return torch.bfloat16
+        return torch.float16 if device.type == "cuda" else None
+    if amp == "fp16" and device.type != "cuda":
+        raise SpecError("train.amp: fp16 needs a CUDA device; use bf16 (or auto) on the CPU")
+    return _AMP_DTYPES.get(amp)
+
+# %% ../nbs/00_config.ipynb #4952e042
+def precision_name(dtype: torch.dtype | None) -> str:
+    "How a report names an autocast dtype: bf16, fp16 or float32."
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "float32")

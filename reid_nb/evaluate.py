@@ -16,21 +16,56 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
-from .checkpoint import checkpoint_spec, model_from_checkpoint
-from .config import ReidError, Spec, atomic_write, pick_device, save_figure, save_spec
-from .data import IMAGE_SUFFIXES, Record, load_eval_data, load_image, make_eval_loader
+from .checkpoint import checkpoint_spec, load_checkpoint, model_from_checkpoint
+from reid_nb.config import (
+    ReidError,
+    Spec,
+    atomic_write,
+    autocast_dtype,
+    pick_device,
+    save_figure,
+    save_spec,
+)
+from reid_nb.data import (
+    CAMERA_STRIDE,
+    IMAGE_SUFFIXES,
+    Record,
+    load_eval_data,
+    load_image,
+    make_eval_loader,
+    set_name,
+)
+from reid_nb.explain import (
+    MAP_KINDS,
+    MAP_STYLES,
+    add_colour_bar,
+    explained_rows,
+    name_pids,
+    plot_embedding_map,
+    sample_indices,
+)
 from .export import OnnxEmbedder
-from .metrics import compute_distmat, ranking_metrics
+from .metrics import compute_distmat, ranking_metrics, record_cameras
 from .model import extract_features, iter_embeddings
 from .rerank import k_reciprocal
 from .runs import RUN_RECORD, recorded_run
+from reid_nb.verification import (
+    is_match,
+    load_threshold,
+    plot_distance_histograms,
+    plot_roc,
+    save_threshold,
+    verification_pairs,
+    verification_summary,
+)
 
 # %% auto #0
-__all__ = ['RANKS', 'COLOURS', 'LABELS', 'load_embedder', 'headline_scores', 'format_table', 'Distances', 'compute_distances',
-           'plot_cmc', 'rank_gallery', 'query_matches', 'match_rows', 'matches_mosaic', 'sample_queries',
-           'plot_sampled_matches', 'evaluation_scores', 'evaluation_record', 'evaluation_files', 'write_evaluation',
-           'evaluation_report', 'run_evaluation', 'JsonListWriter', 'npy_rows_writer', 'write_embeddings',
-           'list_images', 'run_inference', 'match_explorer']
+__all__ = ['RANKS', 'COLOURS', 'LABELS', 'load_embedder', 'embedding_dtype', 'headline_scores', 'format_table', 'Distances',
+           'compute_distances', 'plot_cmc', 'rank_gallery', 'query_matches', 'match_rows', 'matches_mosaic',
+           'sample_queries', 'plot_sampled_matches', 'evaluation_scores', 'evaluation_record', 'evaluation_files',
+           'write_verification', 'write_attention_maps', 'write_evaluation', 'verification_line', 'trained_on',
+           'set_record', 'sets_table', 'evaluation_report', 'run_evaluation', 'JsonListWriter', 'npy_rows_writer',
+           'write_embeddings', 'list_images', 'write_matches', 'write_embedding_map', 'run_inference', 'match_explorer']
 
 # %% ../nbs/09_evaluate.ipynb #f03cf671
 def load_embedder(spec: Spec, checkpoint, device=None):
@@ -40,7 +75,16 @@ def load_embedder(spec: Spec, checkpoint, device=None):
         embedder = OnnxEmbedder(path)
         return embedder, embedder.spec_for(spec)
     model, ckpt = model_from_checkpoint(path, spec, device=device or "cpu")
+    if spec.train.compile:
+        model.compile()
     return model, checkpoint_spec(spec, ckpt)
+
+# %% ../nbs/09_evaluate.ipynb #d1bfae6c
+def embedding_dtype(spec: Spec, embedder, device) -> torch.dtype | None:
+    "The autocast dtype that embeds with `embedder` on `device`: `train.amp`'s; None for ONNX."
+    if not isinstance(embedder, torch.nn.Module):
+        return None
+    return autocast_dtype(spec.train.amp, device)
 
 # %% ../nbs/09_evaluate.ipynb #3f34f017
 RANKS = (1, 5, 10)
@@ -81,6 +125,7 @@ class Distances:
     gf: torch.Tensor  # [G, D] gallery embeddings
     distmat: np.ndarray  # [Q, G] distances
     distmat_rr: np.ndarray | None  # [Q, G] re-ranked distances, None when re-ranking is off
+    threshold: float | None = None  # same person below it (the checkpoint's, when it has one)
 
     @property
     def q_pids(self) -> np.ndarray:
@@ -92,11 +137,13 @@ class Distances:
 
     @property
     def q_camids(self) -> np.ndarray:
-        return np.array([record.camid for record in self.query])
+        "The query cameras `evaluate.protocol` compares: the cameras, or one per image (no_camera)."
+        return record_cameras(self.spec.evaluate.protocol, self.query, self.gallery)[0]
 
     @property
     def g_camids(self) -> np.ndarray:
-        return np.array([record.camid for record in self.gallery])
+        "The gallery cameras `evaluate.protocol` compares (see `q_camids`)."
+        return record_cameras(self.spec.evaluate.protocol, self.query, self.gallery)[1]
 
     @property
     def final_distmat(self) -> np.ndarray:
@@ -129,17 +176,22 @@ def _rerank(spec: Spec, query_feats, gallery_feats) -> np.ndarray:
 def compute_distances(spec: Spec, verbose=True, re_ranking=None) -> Distances:
     "Embed query and gallery with `evaluate.checkpoint` (.pth or .onnx); distances, re-ranked if on"
     checkpoint = _required_checkpoint("evaluate", spec.evaluate.checkpoint)
-    device = pick_device(spec.evaluate.gpu_ids)
+    device = pick_device(spec.evaluate.gpu_ids, "evaluate.gpu_ids")
     embedder, used = load_embedder(spec, checkpoint, device)
     data = load_eval_data(used.evaluate.query_dataset, used.evaluate.test_dataset, verbose=verbose)
-    query_feats = extract_features(embedder, make_eval_loader(used, data.query), device)[0]
-    gallery_feats = extract_features(embedder, make_eval_loader(used, data.gallery), device)[0]
+    amp_dtype = embedding_dtype(used, embedder, device)
+    query_loader = make_eval_loader(used, data.query)
+    gallery_loader = make_eval_loader(used, data.gallery)
+    query_feats = extract_features(embedder, query_loader, device, amp_dtype=amp_dtype)[0]
+    gallery_feats = extract_features(embedder, gallery_loader, device, amp_dtype=amp_dtype)[0]
     distmat = np.asarray(compute_distmat(query_feats, gallery_feats))
     if re_ranking is None:
         re_ranking = used.re_ranking.re_ranking
     distmat_rr = _rerank(used, query_feats, gallery_feats) if re_ranking else None
+    saved = load_threshold(checkpoint)  # chosen by an earlier evaluation of this checkpoint
+    threshold = saved["threshold"] if saved else None
     return Distances(
-        used, data.query, data.gallery, query_feats, gallery_feats, distmat, distmat_rr
+        used, data.query, data.gallery, query_feats, gallery_feats, distmat, distmat_rr, threshold
     )
 
 # %% ../nbs/09_evaluate.ipynb #3c2d22cd
@@ -196,15 +248,17 @@ def match_rows(dist: Distances, queries, distmat=None, topk: int = 10) -> list:
 COLOURS = dict(query=(0, 0, 255), match=(0, 170, 0), mismatch=(230, 0, 0))
 
 
-def _cell(path, size, colour, border: int) -> np.ndarray:
-    "The image at `path` resized to fit `size` (height, width) inside a `border` of `colour`."
+def _cell(image, size, colour, border: int) -> np.ndarray:
+    "`image` (a path, or RGB uint8 [h,w,3]) resized to fit `size` (H, W) in a `border` of `colour`."
     height, width = size
-    image = load_image(path).resize((width - 2 * border, height - 2 * border), Image.BILINEAR)
+    image = Image.fromarray(image) if isinstance(image, np.ndarray) else load_image(image)
+    image = image.resize((width - 2 * border, height - 2 * border), Image.BILINEAR)
     return np.asarray(ImageOps.expand(image, border, fill=colour))
 
 # %% ../nbs/09_evaluate.ipynb #34ff800b
 def matches_mosaic(rows, topk: int = 10, size=(128, 64), border: int = 4, gap: int = 4):
     "One RGB uint8 image [H,W,3] of `rows` = [(query_path, [(gallery_path, same), ...]), ...]."
+    # a path may also be an RGB uint8 image, as `reid_nb.explain.explained_rows` gives
     height, width = size
     total_width = width + 3 * gap + topk * (width + gap) + gap
     mosaic = np.full((len(rows) * (height + gap) + gap, total_width, 3), 255, np.uint8)
@@ -251,19 +305,23 @@ def _label_columns(fig: Figure, topk: int, cell_width: int, mosaic_width: int, y
         fig.text(centre / mosaic_width, y, str(column + 1), **label)
 
 # %% ../nbs/09_evaluate.ipynb #71a6db00
-def plot_sampled_matches(rows, path=None, topk: int = 10, size=(128, 64), title: str = ""):
-    "The sampled-matches grid of `rows` (see `matches_mosaic`) as a Figure; a PNG at `path` if any."
+def plot_sampled_matches(rows, path=None, topk=10, size=(128, 64), title: str = "", maps=None):
+    """The sampled-matches grid of `rows` (see `matches_mosaic`) as a Figure; a PNG at `path` if
+    any. `maps`: the kind of map the cells are overlaid with, for a colour bar under the grid."""
     mosaic = matches_mosaic(rows, topk, size)
     cell_width = size[1]
     mosaic_height, mosaic_width = mosaic.shape[:2]
     header = 40 if title else 22
+    footer = 48 if maps else 0
     dpi = 100
-    total_height = mosaic_height + header
+    total_height = mosaic_height + header + footer
     fig = Figure(figsize=(mosaic_width / dpi, total_height / dpi), dpi=dpi)
-    fig.figimage(mosaic, xo=0, yo=0, origin="upper")
+    fig.figimage(mosaic, xo=0, yo=footer, origin="upper")
     _label_columns(fig, topk, cell_width, mosaic_width, y=1 - (header - 8) / total_height)
     if title:
         fig.suptitle(title, fontsize=10, y=1 - 4 / total_height, va="top")
+    if maps:
+        add_colour_bar(fig, maps, [0.2, 34 / total_height, 0.6, 8 / total_height])
     if path is not None:
         save_figure(fig, path, dpi=dpi)
     return fig
@@ -297,16 +355,46 @@ def evaluation_record(spec: Spec, dist: Distances, scores: dict) -> dict:
         **scores,
     }
 
+# %% ../nbs/09_evaluate.ipynb #4508caa8
+def _attention_file(spec: Spec) -> dict:
+    "`{'attention_maps': path}` when the evaluate task draws maps: asked for, and not from .onnx."
+    path = spec.evaluate.output_attention_plot
+    onnx = Path(spec.evaluate.checkpoint).suffix.lower() == ".onnx"  # a graph has no feature map
+    return {"attention_maps": Path(path)} if path and not onnx else {}
+
 # %% ../nbs/09_evaluate.ipynb #d39ae023
 def evaluation_files(spec: Spec) -> dict:
-    "Where the evaluate task writes: metrics.json, spec.yaml, the CMC curve, the sampled matches."
+    "Where the evaluate task writes: metrics.json, spec.yaml and the figures."
     results_dir = Path(spec.evaluate.results_dir)
     return {
         "metrics": results_dir / "metrics.json",
         "spec": results_dir / "spec.yaml",
         "cmc_curve": Path(spec.evaluate.output_cmc_curve_plot),
         "sampled_matches": Path(spec.evaluate.output_sampled_matches_plot),
+        **_attention_file(spec),
+        "distance_histograms": results_dir / "distance_histograms.png",
+        "roc_curve": results_dir / "roc_curve.png",
     }
+
+# %% ../nbs/09_evaluate.ipynb #48b5344e
+def write_verification(dist: Distances, target_fpr: float, files: dict) -> dict:
+    "The verification summary of the plain distances at `target_fpr`; histograms and ROC drawn."
+    ids = (dist.q_pids, dist.g_pids, dist.q_camids, dist.g_camids)
+    positive, negative = verification_pairs(dist.distmat, *ids)
+    summary = verification_summary(positive, negative, target_fpr)
+    plot_distance_histograms(positive, negative, summary["threshold"], files["distance_histograms"])
+    plot_roc(positive, negative, target_fpr, files["roc_curve"])
+    return summary
+
+# %% ../nbs/09_evaluate.ipynb #bb9e05b7
+def write_attention_maps(dist: Distances, rows, path, topk=10, kind="similarity") -> Path:
+    "The grid `rows` again with `kind` maps over the crops, from `evaluate.checkpoint`, at `path`."
+    device = pick_device(dist.spec.evaluate.gpu_ids, "evaluate.gpu_ids")
+    model = model_from_checkpoint(dist.spec.evaluate.checkpoint, dist.spec, device)[0]
+    explained = explained_rows(model, dist.spec, rows, kind)
+    title = f"{kind} maps: {MAP_STYLES[kind][2]}"
+    plot_sampled_matches(explained, path, topk, title=title, maps=kind)
+    return Path(path)
 
 # %% ../nbs/09_evaluate.ipynb #d8f542fd
 def write_evaluation(dist, raw, record, files, num_sampled_queries=8, topk=10) -> None:
@@ -321,6 +409,83 @@ def write_evaluation(dist, raw, record, files, num_sampled_queries=8, topk=10) -
     title = "re-ranked distances" if dist.distmat_rr is not None else ""
     rows = match_rows(dist, queries, topk=topk)
     plot_sampled_matches(rows, files["sampled_matches"], topk, title=title)
+    if "attention_maps" in files:
+        write_attention_maps(
+            dist, rows[:: max(1, len(rows) // 4)][:4], files["attention_maps"], topk
+        )
+
+# %% ../nbs/09_evaluate.ipynb #157953a5
+def verification_line(summary: dict) -> str:
+    "The report's line on the threshold: its value in two units and the TPR at each FPR."
+    rates = ", ".join(f"{key} {100 * tpr:.1f}%" for key, tpr in summary["tpr_at_fpr"].items())
+    target = f"target FPR {summary['target_fpr']:g}"
+    if summary["threshold"] is None:
+        return f"same person: every pair ({target}); TPR at FPR {rates}"
+    units = summary["threshold_units"]
+    tpr = 100 * summary["tpr_at_threshold"]
+    return (
+        f"same person when distance < {units['squared_euclidean']:.4f} (cosine similarity > "
+        f"{units['cosine_similarity']:.4f}; {target}): TPR {tpr:.1f}% "
+        f"at FPR {summary['fpr_at_threshold']:.2g}; TPR at FPR {rates}"
+    )
+
+# %% ../nbs/09_evaluate.ipynb #9225423d
+def trained_on(checkpoint) -> str:
+    "The set(s) a `.pth` checkpoint was trained on, from its saved spec ('' when unknown)."
+    if Path(checkpoint).suffix.lower() != ".pth":
+        return ""  # an exported graph keeps no spec
+    saved = load_checkpoint(checkpoint).get("spec") or {}
+    train_dirs = (saved.get("dataset") or {}).get("train_dataset_dir") or ""
+    return set_name(train_dirs) if train_dirs else ""
+
+
+def _as_list(folders) -> list:
+    "One folder or a list of folders, as a list."
+    return list(folders) if isinstance(folders, (list, tuple)) else [folders]
+
+# %% ../nbs/09_evaluate.ipynb #4cb75f4e
+def _test_set_scores(dist: Distances, index: int) -> dict:
+    "The headline scores of test set `index` alone: its queries against its gallery."
+    in_query = np.array([r.camid // CAMERA_STRIDE == index for r in dist.query])
+    in_gallery = np.array([r.camid // CAMERA_STRIDE == index for r in dist.gallery])
+    part = dataclasses.replace(
+        dist,
+        query=[r for r, keep in zip(dist.query, in_query) if keep],
+        gallery=[r for r, keep in zip(dist.gallery, in_gallery) if keep],
+        qf=dist.qf[torch.from_numpy(in_query)],
+        gf=dist.gf[torch.from_numpy(in_gallery)],
+        distmat=dist.distmat[np.ix_(in_query, in_gallery)],
+        distmat_rr=None,
+    )
+    if dist.distmat_rr is not None:
+        part.distmat_rr = _rerank(dist.spec, part.qf, part.gf)
+    raw = evaluation_scores(part)
+    final = "with_re_ranking" if "with_re_ranking" in raw else "without_re_ranking"
+    return headline_scores(raw[final])
+
+
+def set_record(spec: Spec, dist: Distances, record: dict) -> dict:
+    "The sets of an evaluation for `metrics.json`: train set, test set(s) and each one's scores."
+    train_set = trained_on(spec.evaluate.checkpoint) or "?"
+    queries = _as_list(spec.evaluate.query_dataset)
+    names = [set_name(folder) for folder in queries]
+    if len(names) == 1:
+        rows = [{"test_set": names[0], **record["metrics"]}]
+    else:
+        rows = [{"test_set": name, **_test_set_scores(dist, k)} for k, name in enumerate(names)]
+    rows = [{key: value for key, value in row.items() if key != "cmc"} for row in rows]
+    return {
+        "train_set": train_set,
+        "test_set": "+".join(names),
+        "protocol": dist.spec.evaluate.protocol,
+        "test_sets": rows,
+    }
+
+# %% ../nbs/09_evaluate.ipynb #0a40c2fe
+def sets_table(record: dict) -> str:
+    "The report's table of `train set -> test set` rows (final scores: re-ranked when on)."
+    rows = {f"{record['train_set']} -> {row['test_set']}": row for row in record["test_sets"]}
+    return format_table(rows)
 
 # %% ../nbs/09_evaluate.ipynb #e092b8db
 def evaluation_report(dist: Distances, record: dict, files: dict) -> str:
@@ -331,21 +496,31 @@ def evaluation_report(dist: Distances, record: dict, files: dict) -> str:
         f"{len(dist.gallery)} gallery images",
         format_table({LABELS[key]: record[key] for key in LABELS if key in record}),
     ]
+    if "test_sets" in record:
+        lines.append(sets_table(record))
+    if "verification" in record:
+        lines.append(verification_line(record["verification"]))
     lines += [f"{key}: {path}" for key, path in files.items()]
     return "\n".join(lines)
 
 # %% ../nbs/09_evaluate.ipynb #ef6c73fa
 def run_evaluation(spec: Spec, verbose=True, num_sampled_queries=8, topk=10, command=None) -> dict:
-    "The evaluate task: metrics (plain and re-ranked), table, CMC curve, sampled matches, spec."
-    _required_checkpoint("evaluate", spec.evaluate.checkpoint)
+    "The evaluate task: metrics (plain and re-ranked), verification threshold, table, figures."
+    checkpoint = _required_checkpoint("evaluate", spec.evaluate.checkpoint)
     with recorded_run(spec, "evaluate", command) as folder:  # lock, folder check, run.json
         dist = compute_distances(spec, verbose=verbose)
         raw = evaluation_scores(dist)
         scores = {key: headline_scores(value) for key, value in raw.items()}
         record = evaluation_record(spec, dist, scores)
+        record.update(set_record(spec, dist, record))
         files = evaluation_files(spec)
+        record["verification"] = write_verification(dist, spec.evaluate.target_fpr, files)
         write_evaluation(dist, raw, record, files, num_sampled_queries, topk)
+        data = {key: record[key] for key in ("query_dataset", "test_dataset")}
+        beside = save_threshold(checkpoint, record["verification"], **data)
     files["run"] = folder / RUN_RECORD  # how the run was made
+    if beside is not None:
+        files["threshold"] = beside  # the checkpoint's metadata file
     if verbose:
         print(evaluation_report(dist, record, files))
     final = {key: value for key, value in record["metrics"].items() if key != "cmc"}
@@ -421,7 +596,9 @@ def write_embeddings(batches, paths: list, json_path, npy_path=None) -> int:
 
 # %% ../nbs/09_evaluate.ipynb #9664aac6
 def list_images(directory, key: str = "directory") -> list[str]:
-    "Image files directly in `directory`, sorted; ReidError naming `key` and the path when none."
+    "Image files directly in `directory` (or in each of a list), sorted; ReidError when none."
+    if isinstance(directory, (list, tuple)):
+        return [path for k, one in enumerate(directory) for path in list_images(one, f"{key}[{k}]")]
     folder = Path(directory)
     if not str(directory) or not folder.is_dir():
         raise ReidError(f"{key}: {directory!r} is not a directory of images")
@@ -432,6 +609,52 @@ def list_images(directory, key: str = "directory") -> list[str]:
         raise ReidError(f"{key}: no images ({', '.join(IMAGE_SUFFIXES)}) found in {folder}")
     return files
 
+# %% ../nbs/09_evaluate.ipynb #9fd491fe
+def _collecting(batches, kept: list):
+    "Pass the `(feats, ...)` batches through, keeping each batch's embeddings in `kept`."
+    for batch in batches:
+        kept.append(np.asarray(batch[0], dtype=np.float32))
+        yield batch
+
+
+def write_matches(path, queries, gallery, qf, gf, threshold, topk: int = 10) -> int:
+    "Each query's `topk` nearest gallery images as JSON, marked beyond `threshold`; # matched."
+    distmat = compute_distmat(qf, gf)
+    rows = []
+    for query, dist_row in zip(queries, distmat):
+        nearest = np.argsort(dist_row, kind="stable")[:topk]
+        flags = is_match(dist_row[nearest], threshold)
+        matches = [
+            {"img_path": gallery[i], "distance": float(dist_row[i]), "match": bool(flag)}
+            for i, flag in zip(nearest, flags)
+        ]
+        rows.append({"img_path": query, "no_match": not flags.any(), "matches": matches})
+    with atomic_write(path) as file:
+        json.dump({"threshold": threshold, "queries": rows}, file, indent=1)
+    return sum(not row["no_match"] for row in rows)
+
+# %% ../nbs/09_evaluate.ipynb #24c081bf
+def _map_sample(batches, count: int, kept: list):
+    "Pass the batches of `count` rows through, keeping the rows `sample_indices(count)` in `kept`."
+    chosen = sample_indices(count)
+    start = 0
+    for batch in batches:
+        feats = np.asarray(batch[0], dtype=np.float32)
+        rows = chosen[(chosen >= start) & (chosen < start + len(feats))]
+        kept.append(feats[rows - start])
+        start += len(feats)
+        yield batch
+
+
+def write_embedding_map(path, paths: list, sample: list, num_queries: int) -> Path:
+    "The embedding map of the rows of `paths` kept by `_map_sample` (`sample`), at `path`."
+    chosen = sample_indices(len(paths))
+    shown = f"{len(chosen)} of {len(paths)}" if len(chosen) < len(paths) else f"{len(paths)}"
+    title = f"{shown} embeddings, first two principal axes"
+    pids = name_pids([paths[index] for index in chosen])
+    plot_embedding_map(np.concatenate(sample), pids, chosen < num_queries, path, title)
+    return Path(path)
+
 # %% ../nbs/09_evaluate.ipynb #1d34ffb9
 def run_inference(spec: Spec, verbose: bool = True, command: str | None = None) -> Path:
     "The inference task: a JSON list of `{img_path, embedding}` per query and gallery image; path."
@@ -441,16 +664,35 @@ def run_inference(spec: Spec, verbose: bool = True, command: str | None = None) 
     paths = queries + list_images(settings.test_dataset, "inference.test_dataset")
     out = Path(settings.output_file)
     npy_path = out.with_suffix(".npy") if settings.save_npy else None
+    saved, kept = load_threshold(checkpoint), []  # the checkpoint's threshold, if any
+    map_path, sample = settings.output_embedding_plot, []
     with recorded_run(spec, "inference", command):  # lock, folder check, run.json
-        device = pick_device(settings.gpu_ids)
+        device = pick_device(settings.gpu_ids, "inference.gpu_ids")
         embedder, used = load_embedder(spec, checkpoint, device)
         loader = make_eval_loader(used, [Record(path, -1, -1) for path in paths])
-        batches = iter_embeddings(embedder, loader, device)
+        batches = iter_embeddings(
+            embedder, loader, device, False, embedding_dtype(used, embedder, device)
+        )
+        if saved:
+            batches = _collecting(batches, kept)
+        if map_path:
+            batches = _map_sample(batches, len(paths), sample)
         feat_dim = write_embeddings(batches, paths, out, npy_path)
+        if map_path:
+            write_embedding_map(map_path, paths, sample, len(queries))
+        if saved:
+            feats, count = np.concatenate(kept), len(queries)
+            matches = Path(settings.results_dir) / "matches.json"
+            args = (queries, paths[count:], feats[:count], feats[count:], saved["threshold"])
+            matched = write_matches(matches, *args)
     if verbose:
         also = f" and {npy_path}" if npy_path else ""
         counts = f"{len(queries)} query, {len(paths) - len(queries)} gallery"
         print(f"{len(paths)} embeddings ({counts}) of size {feat_dim} -> {out}{also}")
+        print(f"embedding map -> {map_path}" if map_path else "no embedding map")
+        if saved:
+            within = f"within the threshold {saved['threshold']:.4f}"
+            print(f"{matched} of {len(queries)} queries have a gallery image {within} -> {matches}")
     return out
 
 # %% ../nbs/09_evaluate.ipynb #61f6962d
@@ -469,6 +711,8 @@ def _matches_html(dist: Distances, query_index: int, distmat, indices, same) -> 
         match = dist.gallery[index]
         colour = "green" if flag else "red"
         text = f"{rank}: id {match.pid} c{match.camid} ({distmat[query_index, index]:.3f})"
+        if not is_match(dist.distmat[query_index, index], dist.threshold):
+            text += " no match"  # beyond the threshold, on the plain distance
         spans.append(f"<span style='color:{colour}'>{text}</span>")
     head = (
         f"<b>query {query_index}</b>: <code>{Path(query.path).name}</code> "
@@ -478,19 +722,35 @@ def _matches_html(dist: Distances, query_index: int, distmat, indices, same) -> 
     return f"{head}<br>{' '.join(spans)}"
 
 # %% ../nbs/09_evaluate.ipynb #5598302b
-def _explorer_view(dist: Distances, query_index: int, rerank: bool, topk: int, size):
-    "`(PNG bytes, HTML caption)` of one query's row, re-ranked distances when `rerank` and present."
+def _explorer_view(dist: Distances, query_index: int, rerank: bool, topk: int, size, maps=None):
+    """`(PNG bytes, HTML caption)` of one query's row, re-ranked distances when `rerank` and
+    present; `maps` = `(model, kind)` overlays the crops with their maps (`reid_nb.explain`)."""
     distmat = dist.distmat_rr if rerank and dist.distmat_rr is not None else dist.distmat
     indices, same = query_matches(dist, query_index, distmat, topk)
     rows = match_rows(dist, [query_index], distmat, topk)
-    png = _png_bytes(matches_mosaic(rows, topk, size))
-    return png, _matches_html(dist, query_index, distmat, indices, same)
+    caption = _matches_html(dist, query_index, distmat, indices, same)
+    if maps is not None:
+        model, kind = maps
+        rows = explained_rows(model, dist.spec, rows, kind)
+        caption += f"<br><i>{kind} maps: {MAP_STYLES[kind][2]}</i>"
+    return _png_bytes(matches_mosaic(rows, topk, size)), caption
+
+# %% ../nbs/09_evaluate.ipynb #93ad3d04
+def _explorer_model(dist: Distances):
+    "The network behind `dist`, for the explorer's maps; None for an `.onnx` or missing file."
+    checkpoint = Path(dist.spec.evaluate.checkpoint)
+    if checkpoint.suffix.lower() == ".onnx" or not checkpoint.is_file():
+        return None
+    return model_from_checkpoint(checkpoint, dist.spec)[0]
 
 # %% ../nbs/09_evaluate.ipynb #3b87aee6
-def match_explorer(dist: Distances, topk: int = 10, size=(128, 64)):
-    "An ipywidgets box to browse each query's ranked gallery, re-ranking on or off."
+def match_explorer(dist: Distances, topk: int = 10, size=(128, 64), model=None):
+    "An ipywidgets box to browse each query's ranked gallery: re-ranking on or off, maps or not."
     import ipywidgets as widgets
 
+    model = _explorer_model(dist) if model is None else model
+    kinds = widgets.ToggleButtons(options=("off", *MAP_KINDS), value="off", description="maps")
+    kinds.disabled = model is None
     has_rr = dist.distmat_rr is not None
     last = len(dist.query) - 1
     slider = widgets.IntSlider(value=0, min=0, max=last, description="query")
@@ -500,14 +760,17 @@ def match_explorer(dist: Distances, topk: int = 10, size=(128, 64)):
     info = widgets.HTML()
 
     def update(*_):
-        image.value, info.value = _explorer_view(dist, slider.value, rerank.value, topk, size)
+        maps = None if kinds.value == "off" else (model, kinds.value)
+        view = _explorer_view(dist, slider.value, rerank.value, topk, size, maps)
+        image.value, info.value = view
 
-    slider.observe(update, "value")
-    rerank.observe(update, "value")
+    for widget in (slider, rerank, kinds):
+        widget.observe(update, "value")
     update()
-    box = widgets.VBox([widgets.HBox([slider, rerank]), info, image])
+    box = widgets.VBox([widgets.HBox([slider, rerank]), kinds, info, image])
     box.slider = slider
     box.rerank = rerank
+    box.maps = kinds
     box.image = image
     box.info = info
     return box

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import io
 import json
@@ -260,7 +261,7 @@ def _agreement(figures: list, atol: float, min_cos: float) -> dict:
 
 # %% ../nbs/08_export.ipynb #d228b4d7
 def check_onnx(model, onnx_model, batches, atol=MAX_ABS_DIFF, min_cos=MIN_COSINE) -> dict:
-    "Compare onnxruntime (CPU) with `model` on each batch [b,3,H,W]: the figures, or ExportError."
+    "onnxruntime (CPU) against a float32 CPU copy of `model`, per batch: figures or ExportError."
     import onnx
 
     if isinstance(onnx_model, bytes):
@@ -269,15 +270,23 @@ def check_onnx(model, onnx_model, batches, atol=MAX_ABS_DIFF, min_cos=MIN_COSINE
         onnx_model = Path(onnx_model)
         _check_graph(onnx.load(str(onnx_model)))
     embedder = OnnxEmbedder(onnx_model, device="cpu")
-    model = model.eval().cpu()
+    model = copy.deepcopy(model).cpu().float().eval()  # the caller's model stays as it is
     batches = list(batches)
     figures = [_compare_batch(model, embedder, batch) for batch in batches]
     return {**_agreement(figures, atol, min_cos), "batch_sizes": [len(b) for b in batches]}
 
 # %% ../nbs/08_export.ipynb #83ee00f9
+def _folders(*values) -> list:
+    "The folders of spec values that are each one folder or a list of folders, in order."
+    found = []
+    for value in values:
+        found += list(value) if isinstance(value, (list, tuple)) else [value]
+    return found
+
+
 def _dataset_images(spec: Spec, num_images: int) -> tuple[list[Path], str]:
     "The first `num_images` images of the query folder (else the test folder), and where from."
-    for folder in (spec.dataset.query_dataset_dir, spec.dataset.test_dataset_dir):
+    for folder in _folders(spec.dataset.query_dataset_dir, spec.dataset.test_dataset_dir):
         if not folder or not Path(folder).is_dir():
             continue
         images = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -39,13 +39,19 @@ def hardest_pairs(dist: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
 
 # %% ../nbs/04_losses.ipynb #7de02b55
 def batch_hard_triplet(
-    feat: torch.Tensor, labels: torch.Tensor, margin: float = 0.3, normalized: bool = False
+    feat: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 0.3,
+    normalized: bool = False,
+    soft: bool = False,
 ) -> torch.Tensor:
-    "Batch-hard triplet loss: `feat` [N, D], `labels` [N] -> scalar; `normalized`: unit features."
+    "Batch-hard triplet: [N, D], [N] -> scalar; `normalized`: unit features; `soft`: no margin."
     feat = feat.float()
     if normalized:
         feat = unit_norm(feat)
     dist_ap, dist_an = hardest_pairs(pairwise_distances(feat, feat), labels)
+    if soft:
+        return F.softplus(dist_ap - dist_an).mean()  # log(1 + exp(d_ap - d_an))
     return F.relu(dist_ap - dist_an + margin).mean()
 
 # %% ../nbs/04_losses.ipynb #90bfd2df
@@ -106,21 +112,34 @@ class ReidLoss(nn.Module):
         margin=0.3,
         center_loss_weight=0.0005,
         epsilon=0.1,
+        soft_margin=False,
+        normalize_triplet=False,
+        id_weight=1.0,
+        triplet_weight=1.0,
     ):
         super().__init__()
         self.terms = loss_terms(sampler, metric_loss_type, with_center_loss)
         self.epsilon = epsilon if label_smooth else 0.0
         self.margin = margin
         self.center_loss_weight = center_loss_weight
+        self.soft_margin, self.normalize_triplet = soft_margin, normalize_triplet
+        self.id_weight, self.triplet_weight = id_weight, triplet_weight
         use_center = "center" in self.terms
         self.center = ClassCenters(num_classes, feat_dim) if use_center else None
+
+    def _triplet(self, feat, targets):
+        "The triplet term: batch-hard, soft or with the margin, on raw or unit features."
+        return batch_hard_triplet(
+            feat, targets, self.margin, self.normalize_triplet, self.soft_margin
+        )
 
     def forward(self, logits, feat, targets):
         parts = {}
         if "id" in self.terms:
-            parts["id"] = smoothed_cross_entropy(logits, targets, self.epsilon)
+            id_loss = smoothed_cross_entropy(logits, targets, self.epsilon)
+            parts["id"] = self.id_weight * id_loss
         if "triplet" in self.terms:
-            parts["triplet"] = batch_hard_triplet(feat, targets, self.margin)
+            parts["triplet"] = self.triplet_weight * self._triplet(feat, targets)
         if self.center is not None:
             parts["center"] = self.center_loss_weight * self.center(feat, targets)
         return sum(parts.values()), parts
@@ -138,4 +157,8 @@ def make_loss(spec: Spec, num_classes: int, feat_dim: int) -> ReidLoss:
         label_smooth=model.label_smooth,
         margin=optim.triplet_loss_margin,
         center_loss_weight=optim.center_loss_weight,
+        soft_margin=model.no_margin,
+        normalize_triplet=optim.trp_l2,
+        id_weight=model.id_loss_weight,
+        triplet_weight=model.triplet_loss_weight,
     )

@@ -5,6 +5,7 @@
 # %% ../nbs/03_model.ipynb #0ca13196
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -15,12 +16,24 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .config import ModelConfig, ReidError, Spec
+from .config import ModelConfig, OptimConfig, ReidError, Spec
+from reid_nb.download import (
+    DownloadError,
+    by_hand,
+    download_file,
+    download_hf_file,
+    downloads_allowed,
+    hash_prefix,
+    hf_repo_dir,
+)
 
 # %% auto #0
-__all__ = ['RESNETS', 'SWINS', 'ModelError', 'ResNetBackbone', 'SwinBackbone', 'build_backbone', 'imagenet_sources',
-           'find_imagenet_weights', 'load_matching', 'load_imagenet', 'reduction_layer', 'bnneck_layer',
-           'classifier_layer', 'ReidModel', 'strip_ddp_prefix', 'build_model', 'iter_embeddings', 'extract_features']
+__all__ = ['RESNETS', 'SWINS', 'MARGIN_HEADS', 'SOLIDER_PREFIXES', 'ModelError', 'ResNetBackbone', 'semantic_embeddings',
+           'SwinBackbone', 'build_backbone', 'imagenet_sources', 'find_imagenet_weights', 'load_matching',
+           'load_imagenet', 'reduction_layer', 'bnneck_layer', 'classifier_layer', 'CosineHead', 'ArcFaceHead',
+           'CosFaceHead', 'AMSoftmaxHead', 'CircleHead', 'classifier_for', 'ReidModel', 'strip_ddp_prefix',
+           'unfold_to_timm_order', 'is_solider_state', 'solider_to_timm', 'load_solider', 'fcneck_layer', 'build_model',
+           'iter_embeddings', 'extract_features']
 
 # %% ../nbs/03_model.ipynb #7c77b2d5
 class ModelError(ReidError):
@@ -45,62 +58,107 @@ def _set_last_stride(block: nn.Module, stride: int) -> None:
 class ResNetBackbone(nn.Module):
     "torchvision ResNet `arch` without pooling and fc: images [B,C,H,W] -> map [B,C_out,h,w]."
 
-    def __init__(self, arch="resnet50", last_stride=1, in_chans=3):
+    def __init__(
+        self, arch="resnet50", last_stride=1, in_chans=3, stem_relu=True, stem_pool="padded"
+    ):
         super().__init__()
         net = getattr(torchvision.models, arch)(weights=None)
         if in_chans != 3:
             net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if stem_pool == "ceil":
+            net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
         _set_last_stride(net.layer4[0], last_stride)
         self.out_channels = net.fc.in_features
         del net.fc, net.avgpool
         self.arch = arch
+        self.stem_relu = stem_relu
         self.net = net
 
     def forward(self, images):
         net = self.net
-        x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
+        x = net.bn1(net.conv1(images))
+        if self.stem_relu:
+            x = net.relu(x)
+        x = net.maxpool(x)
         for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
             x = stage(x)
         return x
 
-# %% ../nbs/03_model.ipynb #6dcd65bc
-class SwinBackbone(nn.Module):
-    "timm Swin `name` built for `img_size` (H, W): images [B,C,H,W] -> map [B,out_channels,h,w]."
+# %% ../nbs/03_model.ipynb #38eaf206
+def semantic_embeddings(widths) -> nn.ModuleList:
+    "One frozen `Linear(2, width)` per entry of `widths`, normal std 0.02 and bias 0 (SOLIDER)."
+    layers = nn.ModuleList()
+    for width in widths:
+        layer = nn.Linear(2, width)
+        nn.init.trunc_normal_(layer.weight, std=0.02)
+        nn.init.zeros_(layer.bias)
+        layer.requires_grad_(False)
+        layers.append(layer)
+    return layers
 
-    def __init__(self, name="swin_tiny_patch4_window7_224", img_size=(256, 128), in_chans=3):
+# %% ../nbs/03_model.ipynb #d74dd657
+class SwinBackbone(nn.Module):
+    "timm Swin `name` for `img_size` (H, W), SOLIDER's semantic weight: images -> [B,C,h,w]."
+
+    def __init__(
+        self,
+        name="swin_tiny_patch4_window7_224",
+        img_size=(256, 128),
+        in_chans=3,
+        drop_path=0.1,
+        drop_out=0.0,
+        att_drop_rate=0.0,
+        semantic_weight=1.0,
+    ):
         super().__init__()
         import timm
 
         self.arch = name
         self.swin = timm.create_model(
-            name, pretrained=False, num_classes=0, img_size=tuple(img_size), in_chans=in_chans
+            name,
+            pretrained=False,
+            num_classes=0,
+            img_size=tuple(img_size),
+            in_chans=in_chans,
+            drop_path_rate=drop_path,
+            proj_drop_rate=drop_out,
+            attn_drop_rate=att_drop_rate,
+            always_partition=min(img_size) >= 128,  # 7x7 windows at every stage
         )
         self.out_channels = self.swin.num_features
+        self.embed_dropout = nn.Dropout(drop_out)
+        self.semantic_weight = semantic_weight
+        widths = [stage.blocks[0].norm1.normalized_shape[0] for stage in self.swin.layers]
+        self.semantic_embed_w = semantic_embeddings([*widths[1:], widths[-1]])
+        self.semantic_embed_b = semantic_embeddings([*widths[1:], widths[-1]])
+
+    def _semantic(self, x, stage: int):
+        "Tokens `x` [B,h,w,C] scaled and shifted by the semantic embedding of `stage`."
+        weight = x.new_tensor([self.semantic_weight, 1.0 - self.semantic_weight])
+        scale = F.softplus(self.semantic_embed_w[stage](weight))  # [C], the same for every image
+        shift = self.semantic_embed_b[stage](weight)
+        return x * scale + shift
 
     def forward(self, images):
-        return self.swin.forward_features(images).permute(0, 3, 1, 2)
+        x = self.embed_dropout(self.swin.patch_embed(images))  # [B, h, w, C]
+        for index, stage in enumerate(self.swin.layers):
+            x = stage.downsample(x)  # patch merging (identity in the first stage)
+            if index > 0:
+                x = self._semantic(x, index - 1)
+            x = stage.blocks(x)
+        return self.swin.norm(x).permute(0, 3, 1, 2)
 
 # %% ../nbs/03_model.ipynb #ec76f136
 def build_backbone(
-    name: str, last_stride: int = 1, img_size=(256, 128), in_chans: int = 3
+    name: str, last_stride: int = 1, img_size=(256, 128), in_chans: int = 3, stem=(True, "padded")
 ) -> nn.Module:
-    "The backbone called `name` in a spec (`resnet_50`, `swin_tiny_patch4_window7_224`, ...)."
+    "The backbone `name` of a spec (`resnet_50`, ...); `stem`: a ResNet's `(stem_relu, stem_pool)`."
     if name in RESNETS:
-        return ResNetBackbone(RESNETS[name], last_stride, in_chans)
+        return ResNetBackbone(RESNETS[name], last_stride, in_chans, *stem)
     if name in SWINS:
         return SwinBackbone(name, img_size, in_chans)
     known = ", ".join([*RESNETS, *SWINS])
     raise ModelError(f"model.backbone: {name!r} is not supported; expected one of: {known}")
-
-# %% ../nbs/03_model.ipynb #e1d6768c
-def _hf_hub_dir() -> Path:
-    "The Hugging Face hub cache folder: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else under the cache."
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "hub"
-    cache = os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
-    return Path(cache) / "huggingface" / "hub"
 
 # %% ../nbs/03_model.ipynb #194919b7
 def _resnet_sources(name: str, hub: Path) -> tuple[list[Path], list[str]]:
@@ -117,7 +175,7 @@ def _swin_sources(name: str, hub: Path) -> tuple[list[Path], list[str]]:
 
     config = timm.models.get_pretrained_cfg(name)
     files = [hub / config.url.rsplit("/", 1)[-1]] if config.url else []
-    repo = _hf_hub_dir() / ("models--" + config.hf_hub_id.replace("/", "--"))
+    repo = hf_repo_dir(config.hf_hub_id)
     files += sorted(repo.glob("snapshots/*/model.safetensors"))
     files += sorted(repo.glob("snapshots/*/pytorch_model.bin"))
     files.append(repo / "snapshots" / "<revision>" / "model.safetensors")  # named in the error
@@ -136,18 +194,31 @@ def imagenet_sources(name: str) -> tuple[list[Path], list[str]]:
 
 # %% ../nbs/03_model.ipynb #8c01163a
 def _no_weights_message(name: str, files: list[Path], urls: list[str]) -> str:
-    "The error for ImageNet weights found nowhere: where to put them, and where to get them."
+    "The error for ImageNet weights not cached while downloads are off: how to supply them."
     searched = ", ".join(map(str, files))
     return (
-        f"model.pretrain_choice imagenet: no ImageNet weights for {name} found locally "
-        f"(nothing is downloaded); put the file at {files[0]} or set model.pretrained_model_path "
-        f"to it (download from {urls[0]}), or use pretrain_choice '' for random init. "
-        f"Searched: {searched}"
+        f"model.pretrain_choice imagenet: no ImageNet weights for {name} in the caches and "
+        f"downloads are off (model.download: false or HF_HUB_OFFLINE=1); "
+        f"{by_hand(urls[0], files[0])}, or set model.pretrained_model_path to it, "
+        f"or use pretrain_choice '' for random init. Searched: {searched}"
     )
 
+# %% ../nbs/03_model.ipynb #c34c22dd
+def _fetch_imagenet(name: str, files: list[Path], urls: list[str]) -> Path:
+    "Download the ImageNet weights of `name` to where the lookup finds them: `ModelError` if not."
+    try:
+        if name in SWINS:
+            import timm
+
+            repo_id = timm.models.get_pretrained_cfg(name).hf_hub_id
+            return download_hf_file(repo_id, "model.safetensors")
+        return download_file(urls[0], files[0], hash_prefix(files[0]))
+    except DownloadError as error:
+        raise ModelError(f"model.pretrain_choice imagenet: {name}: {error}") from None
+
 # %% ../nbs/03_model.ipynb #80ed53e4
-def find_imagenet_weights(name: str, path: str | os.PathLike = "") -> Path:
-    "The weights file for backbone `name`: `path` if given, else the first one in the local caches."
+def find_imagenet_weights(name: str, path: str | os.PathLike = "", download=False) -> Path:
+    "The weights file of backbone `name`: `path`, else a cached file, else one `download`ed."
     if path:
         if not Path(path).is_file():
             raise ModelError(
@@ -157,9 +228,11 @@ def find_imagenet_weights(name: str, path: str | os.PathLike = "") -> Path:
         return Path(path)
     files, urls = imagenet_sources(name)
     found = [file for file in files if file.is_file()]
-    if not found:
+    if found:
+        return found[0]
+    if not download:
         raise ModelError(_no_weights_message(name, files, urls))
-    return found[0]
+    return _fetch_imagenet(name, files, urls)
 
 # %% ../nbs/03_model.ipynb #7041b2c8
 def _load_weights_file(path: Path):
@@ -172,14 +245,14 @@ def _load_weights_file(path: Path):
 
 # %% ../nbs/03_model.ipynb #6ff47ee7
 def _read_state_dict(path: Path) -> dict:
-    "The tensors saved in `path`, unwrapped from a `model` or `state_dict` entry."
+    "The tensors saved in `path`, unwrapped from a `teacher`, `model` or `state_dict` entry."
     try:
         state = _load_weights_file(path)
     except Exception as error:
         first_line = str(error).splitlines()[0] if str(error) else ""
         reason = f"{type(error).__name__}: {first_line}"
         raise ModelError(f"{path}: cannot read weights ({reason})") from None
-    for key in ("model", "state_dict"):
+    for key in ("teacher", "model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
@@ -238,9 +311,9 @@ def _imagenet_target(backbone: nn.Module, state_dict: dict) -> tuple[nn.Module, 
     return backbone.swin, {k: v for k, v in state_dict.items() if not k.startswith("head")}
 
 # %% ../nbs/03_model.ipynb #6ff47ee8
-def load_imagenet(backbone: nn.Module, name: str, path="", verbose=True) -> dict:
-    "Load ImageNet weights into `backbone` (a `ResNetBackbone` or `SwinBackbone`) from local files."
-    file = find_imagenet_weights(name, path)
+def load_imagenet(backbone: nn.Module, name: str, path="", verbose=True, download=False) -> dict:
+    "Load ImageNet weights into `backbone` (a ResNet or Swin backbone): a file or the caches."
+    file = find_imagenet_weights(name, path, download)
     net, state_dict = _imagenet_target(backbone, _read_state_dict(file))
     report = load_matching(net, state_dict, f"ImageNet weights {file}", verbose)
     own = [key for key in net.state_dict() if not key.endswith("num_batches_tracked")]
@@ -280,9 +353,98 @@ def classifier_layer(feat_dim: int, num_classes: int) -> nn.Linear:
     nn.init.normal_(layer.weight, std=0.001)
     return layer
 
+# %% ../nbs/03_model.ipynb #7960df2b
+class CosineHead(nn.Module):
+    "Scaled cosine logits: `(feat [B,D], labels [B] | None) -> [B,K]`; the margin is subclasses'."
+
+    def __init__(self, feat_dim: int, num_classes: int, scale=30.0, margin=0.5):
+        super().__init__()
+        self.scale, self.margin = scale, margin
+        self.weight = nn.Parameter(torch.empty(num_classes, feat_dim))
+        nn.init.xavier_uniform_(self.weight)
+
+    def cosines(self, feat):
+        "Cosine similarity of each feature to each class weight: [B,D] -> [B,K]."
+        return F.linear(F.normalize(feat), F.normalize(self.weight))
+
+    def with_margin(self, cosines, labels):
+        "Margin-adjusted cosines; the plain ones here."
+        return cosines
+
+    def forward(self, feat, labels=None):
+        cosines = self.cosines(feat.float())
+        if labels is None:
+            return self.scale * cosines
+        return self.scale * self.with_margin(cosines, labels)
+
+# %% ../nbs/03_model.ipynb #847db01d
+class ArcFaceHead(CosineHead):
+    "ArcFace: the true class's angle grows by `margin`, `cos(theta_y + m)`."
+
+    def with_margin(self, cosines, labels):
+        m = self.margin
+        sines = (1.0 - cosines.pow(2)).clamp(min=1e-12).sqrt()
+        shifted = cosines * math.cos(m) - sines * math.sin(m)  # cos(theta + m)
+        past_pi = cosines - math.sin(m) * m  # where theta + m would pass pi
+        shifted = torch.where(cosines > math.cos(math.pi - m), shifted, past_pi)
+        true_class = F.one_hot(labels, cosines.shape[1]).bool()
+        return torch.where(true_class, shifted, cosines)
+
+
+class CosFaceHead(CosineHead):
+    "CosFace: `cos_y - m` for the true class."
+
+    def with_margin(self, cosines, labels):
+        return cosines - self.margin * F.one_hot(labels, cosines.shape[1])
+
+# %% ../nbs/03_model.ipynb #2790446a
+class AMSoftmaxHead(CosFaceHead):
+    "AM-Softmax: CosFace's formula, weight stored `[feat_dim, num_classes]`, Xavier-normal."
+
+    def __init__(self, feat_dim: int, num_classes: int, scale=30.0, margin=0.5):
+        super().__init__(feat_dim, num_classes, scale, margin)
+        self.weight = nn.Parameter(torch.empty(feat_dim, num_classes))
+        nn.init.xavier_normal_(self.weight)
+
+    def cosines(self, feat):
+        return F.normalize(feat) @ F.normalize(self.weight, dim=0)
+
+
+class CircleHead(CosineHead):
+    "Circle: `a_p (cos_y - (1 - m))` and `a_n (cos_k - m)`, self-paced weights `a` (no gradient)."
+
+    def __init__(self, feat_dim: int, num_classes: int, scale=30.0, margin=0.5):
+        super().__init__(feat_dim, num_classes, scale, margin)
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def with_margin(self, cosines, labels):
+        m = self.margin
+        alpha_p = (1 + m - cosines.detach()).clamp(min=0)
+        alpha_n = (cosines.detach() + m).clamp(min=0)
+        true_class = F.one_hot(labels, cosines.shape[1]).bool()
+        positive, negative = alpha_p * (cosines - (1 - m)), alpha_n * (cosines - m)
+        return torch.where(true_class, positive, negative)
+
+# %% ../nbs/03_model.ipynb #13dd1f12
+MARGIN_HEADS = dict(
+    arcface=ArcFaceHead, cosface=CosFaceHead, amsoftmax=AMSoftmaxHead, circle=CircleHead
+)
+
+
+def classifier_for(
+    id_loss_type: str, feat_dim: int, num_classes: int, scale=30.0, margin=0.5
+) -> nn.Module:
+    "The classifier `id_loss_type` names: the bias-free linear layer, or a margin head."
+    if id_loss_type == "softmax":
+        return classifier_layer(feat_dim, num_classes)
+    if id_loss_type not in MARGIN_HEADS:
+        known = ", ".join(["softmax", *MARGIN_HEADS])
+        raise ModelError(f"model.id_loss_type: {id_loss_type!r} is not one of: {known}")
+    return MARGIN_HEADS[id_loss_type](feat_dim, num_classes, scale, margin)
+
 # %% ../nbs/03_model.ipynb #10f6b672
 class ReidModel(nn.Module):
-    "Backbone -> GAP -> [Linear to feat_dim] -> [BNNeck] -> bias-free classifier."
+    "Backbone -> GAP -> [reduction] -> [BNNeck] -> [dropout] -> classifier (linear or margin)."
 
     def __init__(
         self,
@@ -292,6 +454,11 @@ class ReidModel(nn.Module):
         neck="bnneck",
         neck_feat="after",
         with_flip_feature=False,
+        reduction: nn.Module | None = None,
+        id_loss_type="softmax",
+        scale=30.0,
+        margin=0.5,
+        dropout_rate=0.0,
     ):
         super().__init__()
         self.backbone = backbone
@@ -301,9 +468,12 @@ class ReidModel(nn.Module):
         self.neck = neck
         self.neck_feat = neck_feat
         self.with_flip_feature = with_flip_feature
-        self.reduction = reduction_layer(self.backbone_dim, self.feat_dim)
+        if reduction is None:
+            reduction = reduction_layer(self.backbone_dim, self.feat_dim)
+        self.reduction = reduction
         self.bottleneck = bnneck_layer(self.feat_dim, neck)
-        self.classifier = classifier_layer(self.feat_dim, num_classes)
+        self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity()
+        self.classifier = classifier_for(id_loss_type, self.feat_dim, num_classes, scale, margin)
 
     def features(self, images):
         "Global feature before the BNNeck: images [B,C,H,W] -> [B, feat_dim]."
@@ -325,12 +495,15 @@ class ReidModel(nn.Module):
             feat = (feat + self._embed_once(images.flip(3))) / 2
         return feat
 
-    def forward(self, images):
-        "Training: `(logits [B,num_classes], feat [B,feat_dim])`; evaluation: the embedding."
+    def forward(self, images, labels=None):
+        "Training: `(logits [B,K], feat [B,feat_dim])` (margins need `labels`); eval: embedding."
         if not self.training:
             return self.embed(images)
         feat = self.features(images)
-        return self.classifier(self.bottleneck(feat)), feat
+        neck_feat = self.dropout(self.bottleneck(feat))
+        if isinstance(self.classifier, CosineHead):
+            return self.classifier(neck_feat, labels), feat
+        return self.classifier(neck_feat), feat
 
 # %% ../nbs/03_model.ipynb #280e528f
 def strip_ddp_prefix(state_dict: dict) -> dict:
@@ -360,26 +533,158 @@ def _load_reid_weights(model: ReidModel, path: str, num_classes: int, verbose: b
         )
     return report
 
+# %% ../nbs/03_model.ipynb #fb86b9c6
+_SOLIDER_NAMES = (  # (mmcv Swin name part, timm name part)
+    ("patch_embed.projection.", "patch_embed.proj."),
+    ("attn.w_msa.", "attn."),
+    ("ffn.layers.0.0.", "mlp.fc1."),
+    ("ffn.layers.1.", "mlp.fc2."),
+)
+
+
+def unfold_to_timm_order(tensor: torch.Tensor) -> torch.Tensor:
+    "A patch-merging tensor, last dim 4C, from `nn.Unfold`'s `(c, dy, dx)` to timm's `(dx, dy, c)`."
+    *lead, width = tensor.shape
+    grid = tensor.reshape(*lead, width // 4, 2, 2)  # [..., c, dy, dx]
+    return grid.movedim(-3, -1).movedim(-2, -3).reshape(*lead, width)  # [..., dx, dy, c]
+
+# %% ../nbs/03_model.ipynb #9bb8e198
+def _solider_name(name: str) -> str | None:
+    "The `SwinBackbone` name of a SOLIDER backbone tensor `name` (prefix gone); None if unused."
+    if name.startswith(("semantic_embed_w.", "semantic_embed_b.")):
+        return name
+    if name.startswith("norm3."):
+        return "swin.norm." + name.removeprefix("norm3.")
+    if name.startswith(("norm0.", "norm1.", "norm2.")) or "relative_position_index" in name:
+        return None
+    parts = name.split(".")
+    if parts[0] == "stages" and parts[2] == "downsample":
+        parts[1] = str(int(parts[1]) + 1)  # timm merges at the start of the next stage
+    name = ".".join(parts).replace("stages.", "layers.", 1)
+    for mmcv_part, timm_part in _SOLIDER_NAMES:
+        name = name.replace(mmcv_part, timm_part)
+    return "swin." + name
+
+# %% ../nbs/03_model.ipynb #e6a9413d
+SOLIDER_PREFIXES = ("backbone.", "model.base.")
+
+
+def is_solider_state(state_dict: dict) -> bool:
+    "Whether `state_dict` holds a SOLIDER / reference Swin backbone (mmcv names), not reid_nb's."
+    return any(".stages." in key or "patch_embed.projection" in key for key in state_dict)
+
+
+def solider_to_timm(state_dict: dict) -> tuple[dict, list[str]]:
+    "The backbone tensors of a SOLIDER state dict, renamed for `SwinBackbone`; and unused names."
+    converted, unused = {}, []
+    for key, tensor in strip_ddp_prefix(state_dict).items():
+        prefix = next((p for p in SOLIDER_PREFIXES if key.startswith(p)), None)
+        name = _solider_name(key.removeprefix(prefix)) if prefix else None
+        if name is None:
+            unused.append(key)
+            continue
+        if ".downsample." in name:
+            tensor = unfold_to_timm_order(tensor)
+        converted[name] = tensor
+    return converted, unused
+
+# %% ../nbs/03_model.ipynb #f964c80e
+def _misfit_error(path, own: dict, incoming: dict, arch: str) -> ModelError | None:
+    "A one-line error for the first tensor of `incoming` whose shape does not fit `own`."
+    misfits = [name for name in incoming if name in own and own[name].shape != incoming[name].shape]
+    if not misfits:
+        return None
+    name = misfits[0]
+    return ModelError(
+        f"model.pretrained_model_path: {path}: {name} has shape {list(incoming[name].shape)}, "
+        f"{arch} needs {list(own[name].shape)} ({len(misfits)} tensors do not fit; "
+        f"expected SOLIDER weights of {arch})"
+    )
+
+
+def load_solider(backbone: SwinBackbone, state_dict: dict, path="", verbose=True) -> dict:
+    "Load SOLIDER (or reference Transformer) backbone weights into `backbone`; report the fit."
+    converted, unused = solider_to_timm(state_dict)
+    error = _misfit_error(path, backbone.state_dict(), converted, backbone.arch)
+    if error:
+        raise error
+    if not converted:
+        raise ModelError(
+            f"model.pretrained_model_path: {path}: no tensor under 'backbone.' or 'model.base.' "
+            "(expected a SOLIDER Swin checkpoint)"
+        )
+    report = load_matching(backbone, converted, f"SOLIDER weights {path}", verbose)
+    return report | dict(unused=unused)
+
+# %% ../nbs/03_model.ipynb #c185dd08
+def fcneck_layer(in_dim: int, feat_dim: int) -> nn.Linear:
+    "The Transformer's reduction: bias-free `Linear(in_dim, feat_dim)`, Xavier-uniform weights."
+    layer = nn.Linear(in_dim, feat_dim, bias=False)
+    nn.init.xavier_uniform_(layer.weight)
+    return layer
+
+
+def _reduction_for(config: ModelConfig, width: int) -> tuple[int, nn.Module | None]:
+    "`(feat_dim, reduction)` of the head; reduction None: the ResNet's default one."
+    if config.backbone not in SWINS:
+        return config.feat_dim, None
+    if config.reduce_feat_dim:
+        return config.feat_dim, fcneck_layer(width, config.feat_dim)
+    return width, nn.Identity()
+
+# %% ../nbs/03_model.ipynb #5190c141
+def _load_self_weights(model: ReidModel, path: str, num_classes: int, verbose: bool) -> dict:
+    "`pretrain_choice: self`: SOLIDER weights into a Swin backbone, else a reid_nb checkpoint."
+    if isinstance(model.backbone, SwinBackbone) and path and Path(path).is_file():
+        state_dict = _read_state_dict(Path(path))
+        if is_solider_state(state_dict):
+            return load_solider(model.backbone, state_dict, path, verbose)
+    return _load_reid_weights(model, path, num_classes, verbose)
+
 # %% ../nbs/03_model.ipynb #97682da3
+def _backbone_from(config: ModelConfig) -> nn.Module:
+    "The backbone `config` describes: a Swin with its dropouts and semantic weight, or a ResNet."
+    image_size = (config.input_height, config.input_width)
+    if config.backbone in SWINS:
+        return SwinBackbone(
+            config.backbone,
+            image_size,
+            config.input_channels,
+            config.drop_path,
+            config.drop_out,
+            config.att_drop_rate,
+            config.semantic_weight,
+        )
+    stem = (config.stem_relu, config.stem_pool)
+    return build_backbone(
+        config.backbone, config.last_stride, image_size, config.input_channels, stem
+    )
+
+
 def build_model(spec: Spec | ModelConfig, num_classes: int, verbose: bool = True) -> ReidModel:
     "The network `spec.model` describes, with `num_classes` outputs, its starting weights loaded."
     config = getattr(spec, "model", spec)
-    image_size = (config.input_height, config.input_width)
-    backbone = build_backbone(
-        config.backbone, config.last_stride, image_size, config.input_channels
-    )
+    optim = spec.train.optim if isinstance(spec, Spec) else OptimConfig()
+    backbone = _backbone_from(config)
     if config.pretrain_choice == "imagenet":
-        load_imagenet(backbone, config.backbone, config.pretrained_model_path, verbose)
+        download = downloads_allowed(config.download)
+        load_imagenet(backbone, config.backbone, config.pretrained_model_path, verbose, download)
+    feat_dim, reduction = _reduction_for(config, backbone.out_channels)
     model = ReidModel(
         backbone,
         num_classes,
-        config.feat_dim,
+        feat_dim,
         config.neck,
         config.neck_feat,
         config.with_flip_feature,
+        reduction=reduction,
+        id_loss_type=config.id_loss_type,
+        scale=optim.cosine_scale,
+        margin=optim.cosine_margin,
+        dropout_rate=config.dropout_rate,
     )
     if config.pretrain_choice == "self":
-        _load_reid_weights(model, config.pretrained_model_path, num_classes, verbose)
+        _load_self_weights(model, config.pretrained_model_path, num_classes, verbose)
     return model
 
 # %% ../nbs/03_model.ipynb #2f88bf2e
@@ -393,31 +698,32 @@ def _iter_callable_embeddings(embed, loader, flip=False):
         yield feats, pids, camids
 
 # %% ../nbs/03_model.ipynb #091257cc
-def iter_embeddings(model, loader, device=None, flip=False):
+def iter_embeddings(model, loader, device=None, flip=False, amp_dtype=None):
     "Yield `(feats [b,D] float32 on the CPU, pids [b], camids [b])` for each batch of `loader`."
     if not isinstance(model, nn.Module):
         yield from _iter_callable_embeddings(model, loader, flip)
         return
     device = torch.device(device) if device is not None else next(model.parameters()).device
     cuda = device.type == "cuda"
-    model = model.to(device).eval()
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+    channels_last = cuda or amp_dtype is not None
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=layout).eval()
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    with torch.no_grad(), autocast:
         for images, pids, camids, _ in loader:
-            x = images.to(device, non_blocking=cuda)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = images.to(device, non_blocking=cuda).contiguous(memory_format=layout)
             feats = model(x).float()
             if flip:
                 feats = (feats + model(x.flip(3)).float()) / 2
             yield feats.cpu(), pids, camids
 
 # %% ../nbs/03_model.ipynb #e5e66994
-def extract_features(model, loader, device=None, flip=False):
+def extract_features(model, loader, device=None, flip=False, amp_dtype=None):
     "All embeddings of `loader`: `(feats [N,D] float32, pids [N], camids [N])`, ids in int64."
     feats, pids, camids = [], [], []
-    for batch_feats, batch_pids, batch_camids in iter_embeddings(model, loader, device, flip):
+    for batch_feats, batch_pids, batch_camids in iter_embeddings(
+        model, loader, device, flip, amp_dtype
+    ):
         feats.append(batch_feats)
         pids.append(torch.as_tensor(batch_pids))
         camids.append(torch.as_tensor(batch_camids))

@@ -21,6 +21,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +36,17 @@ from reid_nb.config import (
     Spec,
     SpecError,
     atomic_write,
+    autocast_dtype,
+    check_gpu_ids,
     load_spec,
+    precision_name,
     read_yaml,
     save_figure,
     save_spec,
 )
 from .data import load_data, make_eval_loader, set_epoch
 from .losses import make_loss
-from .metrics import compute_distmat, ranking_metrics
+from .metrics import compute_distmat, ranking_metrics, record_cameras
 from .model import build_model, extract_features
 from .runs import recorded_run, spec_differences
 from .samplers import make_train_loader
@@ -50,13 +54,13 @@ from .samplers import make_train_loader
 # %% auto #0
 __all__ = ['LATEST', 'optimizer_names', 'optimizer_class', 'param_groups', 'make_optimizer', 'make_center_optimizer',
            'unweight_center_grads', 'warmup_multiplier', 'EpochSchedule', 'WarmupMultiStepLR', 'AutoReduceLR',
-           'make_scheduler', 'seed_everything', 'epoch_seed', 'rng_state', 'set_rng_state', 'checkpoint_name',
-           'epoch_checkpoints', 'find_resume_checkpoint', 'write_metrics', 'read_metrics', 'plot_loss_curve',
-           'plot_map_curve', 'plot_curves', 'triplet_val_loss', 'world_size', 'dist_env', 'launch_command',
-           'check_train', 'TrainState', 'make_train_state', 'train_step', 'EpochTally', 'epoch_means', 'train_epoch',
-           'sample_logger', 'epoch_loader', 'validation_scores', 'resume_state', 'training_checkpoint', 'make_loaders',
-           'epoch_row', 'step_schedule', 'save_epoch', 'sigterm_as_interrupt', 'train_epochs', 'train_process',
-           'check_resumable', 'run_training', 'main']
+           'WarmupCosineLR', 'make_scheduler', 'seed_everything', 'epoch_seed', 'rng_state', 'set_rng_state',
+           'checkpoint_name', 'epoch_checkpoints', 'find_resume_checkpoint', 'write_metrics', 'read_metrics',
+           'plot_loss_curve', 'plot_map_curve', 'plot_curves', 'triplet_val_loss', 'world_size', 'dist_env',
+           'launch_command', 'dist_backend', 'check_train', 'TrainState', 'make_train_state', 'train_step',
+           'EpochTally', 'epoch_means', 'train_epoch', 'sample_logger', 'epoch_loader', 'validation_scores',
+           'resume_state', 'training_checkpoint', 'make_loaders', 'epoch_row', 'step_schedule', 'save_epoch',
+           'sigterm_as_interrupt', 'train_epochs', 'train_process', 'check_resumable', 'run_training', 'main']
 
 # %% ../nbs/07_train.ipynb #95528e82
 _NOT_OFFERED = {"Optimizer", "LBFGS", "SparseAdam"}
@@ -85,19 +89,22 @@ def optimizer_class(name: str) -> type:
 
 # %% ../nbs/07_train.ipynb #e17053ab
 def param_groups(model: nn.Module, optim) -> list[dict]:
-    "Two groups of `model`'s trainable parameters: weights (`base_lr`, `weight_decay`) and biases."
-    weights, biases = [], []
+    "Groups of `model`'s trainable parameters: weights, biases and (`large_fc_lr`) the classifier."
+    weights, biases, classifier = [], [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if "bias" in name:
+        if optim.large_fc_lr and "classifier" in name:
+            classifier.append(param)
+        elif "bias" in name:
             biases.append(param)
         else:
             weights.append(param)
     weight_group = dict(params=weights, lr=optim.base_lr, weight_decay=optim.weight_decay)
     bias_lr = optim.base_lr * optim.bias_lr_factor
     bias_group = dict(params=biases, lr=bias_lr, weight_decay=optim.weight_decay_bias)
-    return [group for group in (weight_group, bias_group) if group["params"]]
+    fc_group = dict(params=classifier, lr=2 * optim.base_lr, weight_decay=optim.weight_decay)
+    return [group for group in (weight_group, bias_group, fc_group) if group["params"]]
 
 # %% ../nbs/07_train.ipynb #9a889e3e
 def make_optimizer(spec: Spec, model: nn.Module) -> torch.optim.Optimizer:
@@ -132,16 +139,14 @@ def warmup_multiplier(
     epoch: int, warmup_factor: float, warmup_iters: int, method: str = "linear"
 ) -> float:
     "The warmup factor of 0-based `epoch`: from `warmup_factor` at epoch 0 to 1 at `warmup_iters`."
+    if method != "linear":
+        raise SpecError(
+            f"train.optim.warmup_method: {method!r} has no warmup factor; expected linear"
+        )
     if epoch >= warmup_iters:
         return 1.0
     progress = epoch / warmup_iters
-    if method == "linear":
-        return warmup_factor * (1 - progress) + progress
-    if method == "cosine":
-        return warmup_factor + (1 - warmup_factor) * (1 - math.cos(math.pi * progress)) / 2
-    raise SpecError(
-        f"train.optim.warmup_method: {method!r} is not supported; expected one of: linear, cosine"
-    )
+    return warmup_factor * (1 - progress) + progress
 
 # %% ../nbs/07_train.ipynb #ecd7c4e2
 class EpochSchedule:
@@ -229,10 +234,37 @@ class AutoReduceLR(EpochSchedule):
             self._count_plateau(metric)
         super().step()
 
+# %% ../nbs/07_train.ipynb #1bb7bb13
+class WarmupCosineLR(EpochSchedule):
+    "Linear warmup over `warmup_epochs`, then cosine decay to `0.002 * base_lr` at `num_epochs`."
+
+    def __init__(
+        self, optimizer, num_epochs, base_lr, warmup_epochs=20, warmup_factor=0.01, floor=0.002
+    ):
+        self.num_epochs = num_epochs
+        self.warmup_epochs = warmup_epochs
+        self.start_lr = warmup_factor * base_lr
+        self.end_lr = floor * base_lr
+        super().__init__(optimizer, warmup_factor, warmup_iters=0)
+
+    def lr_of(self, base_lr):
+        epoch = self.epoch
+        if epoch < self.warmup_epochs:
+            return self.start_lr + epoch * (base_lr - self.start_lr) / self.warmup_epochs
+        if epoch >= self.num_epochs:
+            return self.end_lr
+        cosine = (1 + math.cos(math.pi * epoch / self.num_epochs)) / 2
+        return self.end_lr + (base_lr - self.end_lr) * cosine
+
 # %% ../nbs/07_train.ipynb #ce20f9e7
 def make_scheduler(spec: Spec, optimizer) -> EpochSchedule:
-    "The schedule `spec.train.optim.lr_scheduler` selects, over `optimizer`."
+    "The schedule `warmup_method` and `lr_scheduler` select, over `optimizer`."
     optim = spec.train.optim
+    if optim.warmup_method == "cosine":
+        num_epochs = spec.train.num_epochs
+        return WarmupCosineLR(
+            optimizer, num_epochs, optim.base_lr, optim.warmup_epochs, optim.warmup_factor
+        )
     warmup = dict(
         warmup_factor=optim.warmup_factor,
         warmup_iters=optim.warmup_iters,
@@ -506,17 +538,27 @@ def _launch(spec: Spec, spec_path: Path, verbose: bool) -> tuple[int, str]:
     errors = [line for line in lines if line.startswith("error: ")]
     return returncode, (errors[-1].removeprefix("error: ") if errors else "")
 
+# %% ../nbs/07_train.ipynb #7fa60097
+def dist_backend(spec: Spec) -> str:
+    "The process group `train.dist_backend` means here: nccl on CUDA, else gloo, unless it says."
+    if spec.train.dist_backend != "auto":
+        return spec.train.dist_backend
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
 # %% ../nbs/07_train.ipynb #3286dd88
 def check_train(spec: Spec, num_train_ids: int | None = None):
     "Raise `SpecError` for a spec that cannot train (optimiser, devices, identities per batch)."
     optimizer_class(spec.train.optim.name)
     num_gpus, dataset = spec.train.num_gpus, spec.dataset
     found_gpus = torch.cuda.device_count()
-    if torch.cuda.is_available() and num_gpus > 1 and found_gpus < num_gpus:
+    on_gpus = dist_backend(spec) == "nccl" or (num_gpus == 1 and torch.cuda.is_available())
+    if on_gpus and num_gpus > 1 and found_gpus < num_gpus:
         raise SpecError(
             f"train.num_gpus: {num_gpus} processes asked for "
-            f"but this machine has {found_gpus} GPU(s)"
+            f"but this machine has {found_gpus} GPU(s) (train.dist_backend=gloo trains on the CPU)"
         )
+    if on_gpus:
+        check_gpu_ids(spec.train.gpu_ids[:num_gpus], "train.gpu_ids")
     if num_train_ids is None or dataset.sampler not in ("triplet", "softmax_triplet"):
         return
     ids_per_batch = dataset.batch_size // dataset.num_instances
@@ -543,6 +585,7 @@ class TrainState:
     center_optimizer: torch.optim.Optimizer | None = None
     rank: int = 0
     world: int = 1
+    amp_dtype: torch.dtype | None = None  # autocast's dtype, None = float32
     on_batch: list[Callable] = field(default_factory=list)
 
     @property
@@ -556,17 +599,21 @@ class TrainState:
         return getattr(self.model, "module", self.model)
 
 # %% ../nbs/07_train.ipynb #7064ff81
-def _memory_format(device: torch.device) -> torch.memory_format:
-    "Channels-last on CUDA (faster convolutions under AMP), the usual layout elsewhere."
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+def _memory_format(device: torch.device, amp_dtype=None) -> torch.memory_format:
+    "Channels-last on CUDA and under CPU autocast (faster convolutions), else the usual layout."
+    if device.type == "cuda" or amp_dtype is not None:
+        return torch.channels_last
+    return torch.contiguous_format
 
 # %% ../nbs/07_train.ipynb #88b10742
-def _device(spec: Spec, local_rank: int) -> torch.device:
+def _device(spec: Spec, local_rank: int, world: int = 1) -> torch.device:
     "This process's device: `gpu_ids[local_rank]` on CUDA (made the current one), else the CPU."
-    if not torch.cuda.is_available():
+    gloo_group = world > 1 and dist_backend(spec) == "gloo"
+    if not torch.cuda.is_available() or gloo_group:
         return torch.device("cpu")
     gpu_ids = spec.train.gpu_ids
     index = gpu_ids[local_rank] if local_rank < len(gpu_ids) else local_rank
+    check_gpu_ids([index], "train.gpu_ids")
     device = torch.device(f"cuda:{index}")
     torch.cuda.set_device(device)
     return device
@@ -576,14 +623,18 @@ def make_train_state(
     spec: Spec, num_classes: int, rank: int = 0, world: int = 1, local_rank: int = 0, verbose=True
 ) -> TrainState:
     "Seed, then build the model, loss, optimisers, schedule and scaler of process `rank`."
-    device = _device(spec, local_rank)
+    device = _device(spec, local_rank, world)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not spec.train.deterministic
+        torch.backends.cudnn.deterministic = spec.train.deterministic
+    amp_dtype = autocast_dtype(spec.train.amp, device)
     seed_everything(spec.train.seed + rank)
     model = build_model(spec, num_classes, verbose=verbose and rank == 0)
     loss_fn = make_loss(spec, num_classes, model.feat_dim)
-    model.to(device, memory_format=_memory_format(device))
+    model.to(device, memory_format=_memory_format(device, amp_dtype))
     loss_fn.to(device)
+    if spec.train.compile:
+        model.compile()
     optimizer = make_optimizer(spec, model)
     center_optimizer = make_center_optimizer(spec, getattr(loss_fn, "center", None))
     return TrainState(
@@ -591,25 +642,26 @@ def make_train_state(
         loss_fn=loss_fn,
         optimizer=optimizer,
         scheduler=make_scheduler(spec, optimizer),
-        scaler=torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
         spec=spec,
         device=device,
         num_classes=num_classes,
         center_optimizer=center_optimizer,
         rank=rank,
         world=world,
+        amp_dtype=amp_dtype,
     )
 
 # %% ../nbs/07_train.ipynb #12a471a7
 def _step_centres(state: TrainState):
-    "Step the centres' SGD: unscale their gradient, average it over processes, undo the weight."
-    state.scaler.unscale_(state.center_optimizer)
-    if state.world > 1:
+    "Step the centres' SGD: average their gradient over processes, unscale it, undo the weight."
+    if state.world > 1:  # before unscale_: every rank then sees the same inf and skips alike
         for param in state.center.parameters():
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             torch.distributed.all_reduce(param.grad)
             param.grad.div_(state.world)
+    state.scaler.unscale_(state.center_optimizer)
     unweight_center_grads(state.center, state.spec.train.optim.center_loss_weight)
     state.scaler.step(state.center_optimizer)
 
@@ -619,10 +671,12 @@ def train_step(
 ) -> tuple[dict, torch.Tensor]:
     "One step on a batch; `({'loss': total, part: value}, correct ids)`, on the device."
     device = state.device
-    images = images.to(device, non_blocking=True, memory_format=_memory_format(device))
+    layout = _memory_format(device, state.amp_dtype)
+    images = images.to(device, non_blocking=True, memory_format=layout)
     pids = pids.to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=torch.float16, enabled=state.scaler.is_enabled()):
-        logits, feat = state.model(images)
+    amp_dtype = state.amp_dtype
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits, feat = state.model(images, pids)  # margin heads take the labels
     total, parts = state.loss_fn(logits.float(), feat.float(), pids)  # float32, outside autocast
     state.optimizer.zero_grad(set_to_none=True)
     if state.center_optimizer is not None:
@@ -754,9 +808,14 @@ def epoch_loader(loader, seed: int, epoch: int, rank: int):
 
 # %% ../nbs/07_train.ipynb #3fb6828c
 def validation_scores(model, query_loader, gallery_loader, spec: Spec, device) -> dict:
-    "`val_loss`, mAP, rank-1/5/10 (Market protocol) of `model` on the query and gallery loaders."
-    query_feats, query_pids, query_cams = extract_features(model, query_loader, device)
-    gallery_feats, gallery_pids, gallery_cams = extract_features(model, gallery_loader, device)
+    "`val_loss`, mAP, rank-1/5/10 (`evaluate.protocol`) of `model` on query and gallery loaders."
+    amp_dtype = autocast_dtype(spec.train.amp, device)  # the embeddings come back in float32
+    query_feats, query_pids, _ = extract_features(model, query_loader, device, amp_dtype=amp_dtype)
+    gallery_feats, gallery_pids, _ = extract_features(
+        model, gallery_loader, device, False, amp_dtype
+    )
+    records = (query_loader.dataset.records, gallery_loader.dataset.records)
+    query_cams, gallery_cams = record_cameras(spec.evaluate.protocol, *records)  # its protocol
     distmat = compute_distmat(query_feats, gallery_feats, "euclidean")
     scores = ranking_metrics(distmat, query_pids, gallery_pids, query_cams, gallery_cams)
     cmc = np.asarray(scores["cmc"])
@@ -940,13 +999,36 @@ def _resume(state: TrainState, verbose: bool) -> tuple[int, list[dict], Path | N
 
 # %% ../nbs/07_train.ipynb #5df6a787
 def _wrap_distributed(state: TrainState):
-    "With several processes, wrap the model in DistributedDataParallel (SyncBatchNorm if asked)."
+    "Wrap the model in DistributedDataParallel (SyncBatchNorm if asked); rank 0's centres to all."
     cuda = state.device.type == "cuda"
     model = state.model
     if state.spec.train.sync_bn and cuda:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [state.device.index] if cuda else None
-    state.model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    unused = "id" not in getattr(state.loss_fn, "terms", {"id"})  # no ID loss: head left out
+    state.model = nn.parallel.DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=unused
+    )
+    if state.center is not None:  # seeded per rank: every rank takes rank 0's centres
+        for param in state.center.parameters():
+            torch.distributed.broadcast(param.data, src=0)
+
+# %% ../nbs/07_train.ipynb #6c2e14aa
+def _precision_line(state: TrainState) -> str:
+    "The report's line on how this run computes: device, processes, precision, layout, compile."
+    layout = _memory_format(state.device, state.amp_dtype)
+    layout_name = "channels_last" if layout == torch.channels_last else "contiguous"
+    compiled = ", compiled" if state.spec.train.compile else ""
+    processes = f" x {state.world} processes" if state.world > 1 else ""
+    precision = precision_name(state.amp_dtype)
+    return f"training on {state.device}{processes}: {precision}, {layout_name}{compiled}"
+
+# %% ../nbs/07_train.ipynb #d9162017
+def _save_final_weights(state: TrainState, folder: Path):
+    "Write this process's model and centres to `folder/weights_rank<rank>.pth` (for the tests)."
+    center = state.center.state_dict() if state.center is not None else None
+    weights = dict(model=state.net.state_dict(), center=center)
+    torch.save(weights, folder / f"weights_rank{state.rank}.pth")
 
 # %% ../nbs/07_train.ipynb #e50f9fd9
 def train_process(spec: Spec, data, rank=0, world=1, local_rank=0, verbose=True) -> dict:
@@ -964,7 +1046,11 @@ def train_process(spec: Spec, data, rank=0, world=1, local_rank=0, verbose=True)
         return dict(results_dir=results_dir, checkpoint=path, history=history)
     if world > 1:
         _wrap_distributed(state)
+    if verbose and rank == 0:
+        print(_precision_line(state))
     train_epochs(state, make_loaders(spec, data, rank, world), start, history, verbose)
+    if os.environ.get("REID_NB_WEIGHTS_LOG"):  # the tests' copy of each process's final weights
+        _save_final_weights(state, Path(os.environ["REID_NB_WEIGHTS_LOG"]))
     return dict(results_dir=results_dir, checkpoint=results_dir / LATEST, history=history)
 
 # %% ../nbs/07_train.ipynb #8486695f
@@ -996,9 +1082,10 @@ def _run_launched(spec: Spec, results_dir: Path, verbose: bool) -> dict:
 
 # %% ../nbs/07_train.ipynb #16491b8a
 def _run_joined(spec: Spec, data, env: tuple[int, int, int], verbose: bool) -> dict:
-    "Inside a torchrun process: join the process group (nccl on CUDA, gloo on CPU), train, leave."
+    "Inside a torchrun process: join the process group (`dist_backend`), train, leave."
     rank, world, local_rank = env
-    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    timeout = timedelta(minutes=spec.train.dist_timeout_min)  # rank 0 validates meanwhile
+    torch.distributed.init_process_group(dist_backend(spec), timeout=timeout)
     try:
         return train_process(spec, data, rank, world, local_rank, verbose)
     finally:

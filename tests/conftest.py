@@ -5,6 +5,9 @@ import os
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# No test reaches the network: a build that asks for ImageNet weights not in the cache fails
+# instead of downloading (tests/test_download.py serves its files on loopback and lifts this).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from reid_nb.config import load_spec
 

@@ -121,7 +121,9 @@ def test_reference_example_spec_loads():
     assert (s.train.checkpoint_interval, s.train.validation_interval) == (5, 5)
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "demo.yaml", "market1501.yaml"])
+@pytest.mark.parametrize(
+    "name", ["default.yaml", "demo.yaml", "market1501.yaml", "market1501_swin.yaml"]
+)
 def test_params_load_and_round_trip(name, tmp_path):
     s = load_spec(PARAMS / name)
     assert load_spec(save_spec(s, tmp_path / "s.yaml")) == s
@@ -191,7 +193,9 @@ def test_bad_spec_is_one_line_naming_the_key(overrides, message):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "demo.yaml", "market1501.yaml"])
+@pytest.mark.parametrize(
+    "name", ["default.yaml", "demo.yaml", "market1501.yaml", "market1501_swin.yaml"]
+)
 def test_a_saved_params_spec_moves_with_results_dir(name, tmp_path):
     "Issue 19: a spec saved beside a run, loaded again with another results_dir, moves every task."
     saved = save_spec(load_spec(PARAMS / name), tmp_path / "spec.yaml")
@@ -201,3 +205,109 @@ def test_a_saved_params_spec_moves_with_results_dir(name, tmp_path):
         str(tmp_path / "elsewhere" / t) for t in tasks
     ]
     assert moved.dataset == load_spec(PARAMS / name).dataset  # data paths as written
+
+
+# ---- the reference's Transformer (Swin) spec ----------------------------------------------------
+
+REFERENCE_SPECS = Path(__file__).resolve().parents[2] / "shared" / "reference"
+TAO_SPECS = ["tao_experiment_market1501_resnet.yaml", "tao_experiment_market1501_swin.yaml"]
+
+
+@pytest.mark.parametrize("name", TAO_SPECS)
+def test_the_reference_experiment_specs_load_unchanged_and_round_trip(name, tmp_path):
+    path = REFERENCE_SPECS / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not in this checkout")
+    s = load_spec(path)
+    assert load_spec(save_spec(s, tmp_path / "s.yaml")) == s
+    raw = yaml.safe_load(path.read_text())
+    for section in ("model", "dataset"):
+        for key, value in raw[section].items():
+            got = getattr(getattr(s, section), key)
+            expected = tuple(value) if isinstance(value, list) else value
+            assert got == pytest.approx(expected), f"{section}.{key}"
+
+
+def test_the_swin_spec_keys_and_defaults():
+    s = load_spec()
+    m, o = s.model, s.train.optim
+    assert (m.reduce_feat_dim, m.no_margin, m.cos_layer, m.id_loss_type) == (
+        False,
+        False,
+        False,
+        "softmax",
+    )
+    assert (m.drop_path, m.drop_out, m.att_drop_rate, m.dropout_rate) == (0.1, 0.0, 0.0, 0.0)
+    assert (m.stride_size, m.pretrain_hw_ratio, m.semantic_weight) == ((16, 16), 2.0, 1.0)
+    assert (m.jpm, m.re_arrange, m.sie_camera, m.sie_view, m.sie_coe) == (
+        False,
+        True,
+        False,
+        False,
+        3.0,
+    )
+    assert (o.warmup_epochs, o.large_fc_lr, o.cosine_scale, o.cosine_margin) == (20, False, 30, 0.5)
+
+
+def test_market1501_swin_is_the_reference_recipe_with_our_paths():
+    path = REFERENCE_SPECS / "tao_experiment_market1501_swin.yaml"
+    if not path.is_file():
+        pytest.skip(f"{path} is not in this checkout")
+    ours, theirs = load_spec(PARAMS / "market1501_swin.yaml"), load_spec(path)
+    paths = {"pretrained_model_path", "train_dataset_dir", "test_dataset_dir", "query_dataset_dir"}
+    for section in ("model", "dataset", "re_ranking"):
+        for key, value in getattr(theirs, section).__dict__.items():
+            if key not in paths and key != "num_classes":
+                assert getattr(getattr(ours, section), key) == value, f"{section}.{key}"
+    assert ours.train.optim == theirs.train.optim
+    assert (ours.train.num_epochs, ours.dataset.num_classes) == (5, 751)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.jpm=true"], "model.jpm: true is not supported (TransReID's jigsaw"),
+        (["model.sie_camera=true"], "model.sie_camera: true is not supported"),
+        (["model.cos_layer=true"], "model.cos_layer: true is not supported"),
+        (["model.stride_size=[12,12]"], "model.stride_size: [12, 12] is not supported"),
+        (
+            ["model.semantic_weight=1.5"],
+            "model.semantic_weight: expected a value in [0, 1], got 1.5",
+        ),
+        (["model.id_loss_type=sphere"], "model.id_loss_type: 'sphere' is not supported"),
+        (
+            ["model.id_loss_type=arcface", "model.neck="],
+            "model.neck: the arcface head (model.id_loss_type) needs 'bnneck'",
+        ),
+        (
+            ["model.reduce_feat_dim=true"],
+            "model.reduce_feat_dim: true acts on Swin backbones only (model.backbone is resnet_50)",
+        ),
+        (
+            ["model.backbone=swin_tiny_patch4_window7_224", "model.last_stride=2"],
+            "model.last_stride: 2 acts on ResNet backbones only",
+        ),
+        (
+            ["model.backbone=swin_tiny_patch4_window7_224", "model.feat_dim=512"],
+            "model.feat_dim: 512 needs model.reduce_feat_dim: true",
+        ),
+        (["train.optim.cosine_scale=64"], "train.optim.cosine_scale: only the margin heads"),
+        (
+            ["train.optim.warmup_epochs=5"],
+            "train.optim.warmup_epochs: 5 is not read with warmup_method linear",
+        ),
+        (
+            ["train.optim.warmup_method=cosine", "train.optim.warmup_iters=3"],
+            "train.optim.warmup_iters: 3 is not read with warmup_method cosine",
+        ),
+        (
+            ["train.optim.warmup_method=cosine", "train.optim.lr_scheduler=auto_reduce"],
+            "train.optim.lr_scheduler: auto_reduce cannot follow warmup_method cosine",
+        ),
+    ],
+)
+def test_bad_transformer_keys_are_one_line(overrides, message):
+    with pytest.raises(SpecError) as e:
+        load_spec(overrides=overrides)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)

@@ -45,3 +45,22 @@ def test_evaluation_matches_the_reference(tiny_spec, tmp_path, re_ranking):
     assert saved["metrics"]["num_valid"] == scorable_queries(dist) > 0
     np.testing.assert_allclose(saved["metrics"]["cmc"], reference["cmc"], atol=1e-6)
     assert ("with_re_ranking" in saved) is re_ranking
+
+
+def test_reports_draw_the_maps_and_the_explorer_toggles_them(tiny_spec, tmp_path):
+    "The evaluate report's grid with maps, the explorer's map toggle, the inference map."
+    from PIL import Image
+
+    from reid_nb.evaluate import match_explorer, run_inference
+
+    ckpt = random_init_checkpoint(tiny_spec(), tmp_path / "fresh.pth")
+    spec = tiny_spec(f"evaluate.checkpoint={ckpt}", f"inference.checkpoint={ckpt}")
+    result = run_evaluation(spec, verbose=False, num_sampled_queries=4, topk=5)
+    maps = Image.open(result["files"]["attention_maps"])
+    assert maps.format == "PNG" and maps.size[1] > Image.open(result["files"]["cmc_curve"]).size[1]
+    box = match_explorer(compute_distances(spec, verbose=False), topk=5, size=(64, 32))
+    plain = box.image.value
+    box.maps.value = "similarity"  # what a click on the toggle does
+    assert box.image.value != plain and "similarity maps" in box.info.value
+    run_inference(spec, verbose=False)
+    assert Image.open(spec.inference.output_embedding_plot).format == "PNG"

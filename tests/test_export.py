@@ -45,3 +45,32 @@ def test_a_full_size_resnet50_passes_the_scaled_limit(tmp_path):
     report = check_onnx(model, to_onnx(model, (3, 256, 128)), sample_batches(spec)[0])
     assert report["max_abs_value"] > 10
     assert report["limit"] == pytest.approx(MAX_ABS_DIFF * report["max_abs_value"])
+
+
+@pytest.mark.slow
+def test_the_swin_transformer_matches_onnxruntime_within_1e_4(tmp_path):
+    "TAO's Transformer at 256x128 (fcneck, margin head, semantic weight): the same contract."
+    import onnx
+    import torch
+
+    from reid_nb.model import build_model
+
+    spec = load_spec(
+        overrides=[
+            "model.pretrain_choice=",
+            "model.backbone=swin_tiny_patch4_window7_224",
+            "model.reduce_feat_dim=true",
+            "model.id_loss_type=arcface",
+            "model.semantic_weight=0.5",
+            f"results_dir={tmp_path}",
+        ]
+    )
+    torch.manual_seed(0)
+    model = build_model(spec, 10, verbose=False)
+    model.train()(torch.randn(4, 3, 256, 128), torch.arange(4))  # BNNeck statistics off 0/1
+    proto = to_onnx(model.eval(), (3, 256, 128))
+    graph = onnx.load_from_string(proto).graph
+    assert [graph.input[0].name, graph.output[0].name] == ["input", "fc_pred"]
+    batches = [torch.randn(3, 3, 256, 128), torch.randn(1, 3, 256, 128)]
+    report = check_onnx(model, proto, batches, atol=1e-4)
+    assert report["max_abs_diff"] <= 1e-4, report

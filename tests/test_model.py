@@ -77,7 +77,13 @@ def test_imagenet_swin_from_hf_cache(empty_caches):
         {k: v.contiguous() for k, v in src.state_dict().items()}, str(snap / "model.safetensors")
     )
     m = build_model(
-        spec_of("model.pretrain_choice=imagenet", f"model.backbone={SWIN_T}"), 5, verbose=False
+        spec_of(
+            "model.pretrain_choice=imagenet",
+            f"model.backbone={SWIN_T}",
+            "model.reduce_feat_dim=true",  # TAO's recipe: 768 -> feat_dim 256
+        ),
+        5,
+        verbose=False,
     )
     assert torch.equal(
         m.backbone.swin.layers[2].blocks[1].mlp.fc1.weight, src.layers[2].blocks[1].mlp.fc1.weight
@@ -207,3 +213,88 @@ def test_tiny_overfit():
         history.append(total.item())
     assert set(parts) == {"id", "triplet", "center"}
     assert history[-1] < 0.5 * history[0], history
+
+
+# ---- the reference's Transformer (Swin) ---------------------------------------------------------
+
+
+def test_resnet_head_is_unchanged_by_the_transformer_keys():
+    "The defaults draw backbone, reduction, BNNeck, linear classifier in order: the same weights."
+    from reid_nb.model import bnneck_layer, build_backbone, classifier_layer, reduction_layer
+
+    torch.manual_seed(0)
+    m = build_model(spec_of("model.backbone=resnet_18", "model.feat_dim=64"), 5, verbose=False)
+    assert type(m.dropout) is torch.nn.Identity and type(m.classifier) is torch.nn.Linear
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet_18", 1, (256, 128), 3)
+    layers = [reduction_layer(512, 64), bnneck_layer(64), classifier_layer(64, 5)]
+    expected = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    for name, layer in zip(("reduction", "bottleneck", "classifier"), layers):
+        expected |= {f"{name}.{k}": v for k, v in layer.state_dict().items()}
+    got = m.state_dict()
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+
+
+def test_solider_checkpoint_loads_through_build_model(tmp_path, capsys):
+    "pretrain_choice self + a SOLIDER file: the backbone is converted, and the fit reported."
+    from reid_nb.model import SwinBackbone
+
+    tiny = ["model.input_height=64", "model.input_width=32", f"model.backbone={SWIN_T}"]
+    source = SwinBackbone(SWIN_T, img_size=(64, 32))
+    teacher = {}
+    for key, tensor in source.state_dict().items():
+        if key.startswith("swin.layers.") and ".blocks." in key and ".norm1." in key:
+            stage = key.split(".")[2]
+            rest = key.split(".", 3)[3]
+            teacher[f"backbone.stages.{stage}.{rest}"] = torch.randn_like(tensor)
+    path = tmp_path / "solider.pth"
+    torch.save({"teacher": teacher, "student": {}}, path)
+    m = build_model(
+        spec_of(*tiny, "model.pretrain_choice=self", f"model.pretrained_model_path={path}"), 5
+    )
+    out = capsys.readouterr().out
+    assert f"SOLIDER weights {path}: {len(teacher)} tensors loaded" in out
+    loaded = m.backbone.state_dict()["swin.layers.1.blocks.1.norm1.weight"]
+    assert torch.equal(loaded, teacher["backbone.stages.1.blocks.1.norm1.weight"])
+
+
+def test_solider_checkpoint_of_another_size_is_one_line(tmp_path):
+    from reid_nb.model import ModelError
+
+    tiny = ["model.input_height=64", "model.input_width=32", f"model.backbone={SWIN_T}"]
+    path = tmp_path / "swin_base.pth"
+    torch.save(
+        {"state_dict": {"backbone.patch_embed.projection.weight": torch.zeros(128, 3, 4, 4)}}, path
+    )
+    with pytest.raises(ModelError) as e:
+        build_model(
+            spec_of(*tiny, "model.pretrain_choice=self", f"model.pretrained_model_path={path}"),
+            5,
+            verbose=False,
+        )
+    message = str(e.value)
+    assert "\n" not in message and str(path) in message
+    assert "swin.patch_embed.proj.weight has shape [128, 3, 4, 4]" in message
+
+
+@pytest.mark.parametrize("head", ["arcface", "cosface", "amsoftmax", "circle"])
+def test_margin_heads_are_the_classifier_and_take_labels(head):
+    from reid_nb.model import CosineHead
+
+    spec = spec_of(
+        "model.backbone=resnet_18",
+        "model.feat_dim=32",
+        f"model.id_loss_type={head}",
+        "train.optim.cosine_scale=20",
+    )
+    m = build_model(spec, 6, verbose=False).train()
+    assert isinstance(m.classifier, CosineHead) and m.classifier.scale == 20
+    x, labels = torch.randn(4, 3, 64, 32), torch.tensor([0, 1, 2, 5])
+    torch.manual_seed(1)
+    with_labels, _ = m(x, labels)
+    torch.manual_seed(1)
+    without, _ = m(x)
+    changed = (with_labels - without).abs() > 1e-6
+    assert changed[torch.arange(4), labels].all()  # the margin acts on the true class

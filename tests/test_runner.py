@@ -118,6 +118,7 @@ def test_evaluate_notebook_with_section_dicts(tiny_spec, checkpoint, tmp_path):
     )
     assert "cmc" not in rec["without_re_ranking"] and rec["checkpoint"] == str(checkpoint)
     assert (ev / "cmc_curve.png").is_file() and (ev / "sampled_matches.png").is_file()
+    assert (ev / "sampled_matches_maps.png").is_file()  # the grid with similarity maps
     nb = json.loads(out.read_text())  # the report shows both plots
     assert (
         sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
@@ -142,6 +143,7 @@ def test_inference_notebook_with_yaml_overrides(tiny_spec, checkpoint, tmp_path)
     assert rec["output_file"] == str(out_json) and rec["num_embeddings"] == len(rows) > 0
     assert rec["embedding_size"] == len(rows[0]["embedding"]) == 64
     assert set(rows[0]) == {"img_path", "embedding"}
+    assert Path(rec["embedding_map"]).is_file()  # the embedding map, in the results folder
 
 
 def test_export_notebook(tiny_spec, checkpoint, tmp_path):
