@@ -298,17 +298,44 @@ def test_tao_lightning_embeddings_match(tmp_path):
 # ---- import -> evaluate -> export ---------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_imported_model_evaluates_and_exports(tmp_path, tiny_spec):
+def fastreid_file(tmp_path):
     from fastreid.utils.checkpoint import Checkpointer
 
+    Checkpointer(fastreid_model("18x", num_classes=12), str(tmp_path)).save("model_final")
+    return tmp_path / "model_final.pth", ["model.feat_dim=512"]
+
+
+def torchreid_file(tmp_path):
+    torchreid_module("torchreid.reid.utils.tools", "utils.tools")
+    torchtools = torchreid_module("torchreid.reid.utils.torchtools", "utils.torchtools")
+    resnet = torchreid_module("torchreid.reid.models.resnet", "models.resnet")
+    torch.manual_seed(0)
+    source = calibrate(resnet.resnet50(num_classes=12, loss="softmax", pretrained=False))
+    torchtools.save_checkpoint({"state_dict": source.state_dict(), "epoch": 1}, str(tmp_path))
+    return tmp_path / "model.pth.tar-1", ["model.backbone=resnet_50", "model.feat_dim=2048"]
+
+
+def bot_file(tmp_path):
+    torch.save(baseline_state(num_classes=12), tmp_path / "bot.pth")
+    return tmp_path / "bot.pth", ["model.backbone=resnet_50", "model.feat_dim=2048"]
+
+
+def tao_file(tmp_path):
+    state = {f"model.{n}": v for n, v in baseline_state(feat_dim=256, num_classes=12).items()}
+    torch.save({"epoch": 1, "state_dict": state}, tmp_path / "reid_model.ckpt")
+    return tmp_path / "reid_model.ckpt", ["model.backbone=resnet_50", "model.feat_dim=256"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["fastreid", "torchreid", "bot", "tao"])
+def test_imported_model_evaluates_and_exports(tmp_path, tiny_spec, source):
     from reid_nb.evaluate import run_evaluation
     from reid_nb.export import run_export
 
-    Checkpointer(fastreid_model("18x", num_classes=12), str(tmp_path)).save("model_final")
+    src, overrides = globals()[f"{source}_file"](tmp_path)
     out = tmp_path / "imported.pth"
-    spec = tiny_spec("model.feat_dim=512", "dataset.num_classes=12")
-    import_checkpoint(spec, "fastreid", tmp_path / "model_final.pth", out, verbose=False)
+    spec = tiny_spec(*overrides, "dataset.num_classes=12")
+    import_checkpoint(spec, source, src, out, verbose=False)
     result = run_evaluation(tiny_spec(f"evaluate.checkpoint={out}"), verbose=False)
     assert 0.0 < result["mAP"] <= 1.0
     onnx = run_export(tiny_spec(f"export.checkpoint={out}"), verbose=False)
