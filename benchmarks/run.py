@@ -97,6 +97,9 @@ def headline(results: dict) -> str:
         f"| mAP/CMC/mINP, {metrics.get('problem', '?')} | {ours:.3g} s "
         f"| {metrics.get('reference_s', float('nan')):.3g} s (sort-then-scan) "
         f"| {metrics.get('speedup_vs_reference', float('nan')):.3g}x faster |",
+        f"| evaluation (distances, then mAP/CMC/mINP), {metrics.get('msmt_problem', '?')} "
+        f"| {metrics.get('msmt_seconds', float('nan')):.3g} s, peak "
+        f"{metrics.get('msmt_peak_gb', float('nan')):.2g} GB | | |",
         f"| re-ranking, {rerank.get('market_problem', '?')}: time "
         f"| {rerank.get('market_fast_seconds', float('nan')):.3g} s "
         f"| {rerank.get('market_dense_seconds', float('nan')):.3g} s (dense) "

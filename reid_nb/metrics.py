@@ -30,17 +30,16 @@ def _as_tensor(x) -> torch.Tensor:
     return x.float() if x.dtype != torch.float64 else x
 
 # %% ../nbs/05_metrics.ipynb #44ea2748
-def _dist_block(
-    q: torch.Tensor, g: torch.Tensor, g2: torch.Tensor, metric: str = "euclidean"
-) -> torch.Tensor:
-    "Distances between L2-normalised rows q [B,D] and g [G,D] (g2 = squared norms of g) -> [B,G]."
+def _augmented(q: torch.Tensor, g: torch.Tensor, metric: str = "euclidean"):
+    "Rows q [Q,D], g [G,D] -> (qa [Q,D+k], ga [G,D+k]) with qa @ ga.T = their distances."
+    ones_q, ones_g = q.new_ones(len(q), 1), g.new_ones(len(g), 1)
     if metric == "cosine":
-        return torch.addmm(torch.ones(1, dtype=q.dtype), q, g.T, alpha=-1).clamp_min_(0)
-    d = torch.addmm(g2[None, :], q, g.T, alpha=-2)  # |g|^2 - 2 q.g in one BLAS call
-    return d.add_((q * q).sum(1, keepdim=True)).clamp_min_(0)
+        return torch.cat([q, ones_q], 1), torch.cat([-g, ones_g], 1)
+    q2, g2 = (q * q).sum(1, keepdim=True), (g * g).sum(1, keepdim=True)
+    return torch.cat([q, q2, ones_q], 1), torch.cat([-2 * g, ones_g, g2], 1)
 
 # %% ../nbs/05_metrics.ipynb #8feefd4b
-def compute_distmat(qf, gf, metric: str = "euclidean", chunk: int = 4096) -> np.ndarray:
+def compute_distmat(qf, gf, metric: str = "euclidean", chunk: int = 1024) -> np.ndarray:
     """Distances between query features `qf` [Q,D] and gallery features `gf` [G,D] -> float32 [Q,G].
     `metric`: "euclidean" (squared Euclidean on L2-normalised features) or "cosine" (1 - cosine)."""
     if metric not in ("euclidean", "cosine"):
@@ -50,12 +49,16 @@ def compute_distmat(qf, gf, metric: str = "euclidean", chunk: int = 4096) -> np.
         shapes = f"{tuple(qf.shape)} and {tuple(gf.shape)}"
         raise MetricsError(f"features: expected [Q,D] and [G,D] with the same D, got {shapes}")
     qf = F.normalize(qf.cpu(), dim=1)
-    gf = F.normalize(gf.cpu(), dim=1).to(qf.dtype)
-    out = np.empty((qf.shape[0], gf.shape[0]), np.float32)
-    g2 = (gf * gf).sum(1)
-    for start in range(0, qf.shape[0], chunk):
-        block = _dist_block(qf[start : start + chunk], gf, g2, metric)
-        out[start : start + chunk] = block.numpy()
+    qa, ga = _augmented(qf, F.normalize(gf.cpu(), dim=1).to(qf.dtype), metric)
+    out = np.empty((len(qa), len(ga)), np.float32)
+    out.fill(0)  # map its memory in one pass (see above)
+    for start in range(0, len(qa), chunk):
+        block = torch.from_numpy(out[start : start + chunk])  # a view: written in place
+        if qa.dtype == torch.float32:
+            torch.mm(qa[start : start + chunk], ga.T, out=block)
+        else:
+            block.copy_(qa[start : start + chunk] @ ga.T)
+        block.clamp_min_(0)
     return out
 
 # %% ../nbs/05_metrics.ipynb #d6aef04a
@@ -159,24 +162,46 @@ def _match_ranks(sorted_row, row, match_cols, match_dists):
         closer[t] += int(np.count_nonzero(row[: match_cols[t]] == match_dists[t]))
     return np.sort(closer + 1)
 
+# %% ../nbs/05_metrics.ipynb #455bb614
+def _quick_ranks(row, match_cols, left_cols):
+    """Sorted 1-based ranks of the matches at `match_cols` among the valid items of `row` [G]
+    (`left_cols`: left out), from the items no farther than the farthest match; None when `row`
+    has a non-finite value or a match shares its distance with another item."""
+    if not (np.isfinite(row.min()) and np.isfinite(row.max())):
+        return None
+    match_dists = row[match_cols]
+    kept = np.sort(np.compress(row <= match_dists.max(), row))  # all that can come before a match
+    closer = np.searchsorted(kept, match_dists, "left")
+    if (np.searchsorted(kept, match_dists, "right") - closer > 1).any():
+        return None  # a tie
+    closer -= (row[left_cols][None, :] < match_dists[:, None]).sum(1)  # left-out, closer
+    return np.sort(closer + 1)
+
+# %% ../nbs/05_metrics.ipynb #b464185d
+def _careful_ranks(row, match_cols, left_cols, row_index: int):
+    """`_quick_ranks` by sorting all of `row` with its left-out items moved to +inf: the tie rule,
+    and `MetricsError` for a NaN or infinite valid distance (query `row_index`)."""
+    row = np.array(row)  # a copy we may modify
+    row[left_cols] = np.inf  # left-out images sort last
+    sorted_row = np.sort(row)
+    if not np.isfinite(sorted_row[len(row) - len(left_cols) - 1]):
+        raise MetricsError(f"distmat: row {row_index} has NaN or infinite distances")
+    return _match_ranks(sorted_row, row, match_cols, row[match_cols])
+
 # %% ../nbs/05_metrics.ipynb #d3c58d2e
 def _score_rows(distmat, start, stop, pair_rows, pair_cols, left_out, ap, inp, first):
     """Fill `ap`, `inp`, `first` for query rows start:stop. (pair_rows, pair_cols): their
     same-pid (row - start, gallery index) pairs in row order; `left_out`: same-camera pairs."""
-    num_gallery = distmat.shape[1]
-    rows = np.array(distmat[start:stop])  # a copy we may modify
-    rows[pair_rows[left_out], pair_cols[left_out]] = np.inf  # left-out images sort last
-    sorted_rows = np.sort(rows, axis=1)
-    num_left_out = np.bincount(pair_rows[left_out], minlength=stop - start)
-    match_rows, match_cols = pair_rows[~left_out], pair_cols[~left_out]
-    bounds = np.searchsorted(match_rows, np.arange(stop - start + 1))
+    bounds = np.searchsorted(pair_rows, np.arange(stop - start + 1))
     for i in range(stop - start):
-        matches = match_cols[bounds[i] : bounds[i + 1]]
+        cols, left = pair_cols[bounds[i] : bounds[i + 1]], left_out[bounds[i] : bounds[i + 1]]
+        matches, left_cols = cols[~left], cols[left]
         if len(matches) == 0:
             continue  # no valid match: skipped
-        if not np.isfinite(sorted_rows[i, num_gallery - num_left_out[i] - 1]):
-            raise MetricsError(f"distmat: row {start + i} has NaN or infinite distances")
-        ranks = _match_ranks(sorted_rows[i], rows[i], matches, rows[i, matches])
+        row = distmat[start + i]
+        ranks = _quick_ranks(row, matches, left_cols)
+        if ranks is None:
+            ranks = _careful_ranks(row, matches, left_cols, start + i)
         ap[start + i], inp[start + i], first[start + i] = _match_scores(ranks)
 
 # %% ../nbs/05_metrics.ipynb #9f86143d

@@ -58,3 +58,26 @@ def test_float64_and_torch_inputs():
         return_per_query=True,
     )
     assert_same_metrics(got, ref)
+
+
+def test_clustered_features_with_ties_and_left_out_nan():
+    """Distances of a model that works (matches near the top, so each row keeps a small part of
+    the gallery), with rows where a match ties another image and rows whose left-out images are
+    NaN or infinite: both paths in one problem, each row as the reference ranks it."""
+    rng = np.random.default_rng(3)
+    ids = rng.integers(1, 25, 400)
+    feats = rng.standard_normal((25, 32))[ids] + 0.6 * rng.standard_normal((400, 32))
+    dm = ((feats[:80, None] - feats[None, 80:]) ** 2).sum(-1).astype(np.float32)
+    qp, gp = ids[:80], ids[80:]
+    qc, gc = rng.integers(0, 4, 80), rng.integers(0, 4, 320)
+    for q in range(0, 80, 5):  # a non-match at exactly a match's distance
+        match, other = np.flatnonzero(gp == qp[q])[0], np.flatnonzero(gp != qp[q])[q % 7]
+        dm[q, other] = dm[q, match]
+    for q in range(1, 80, 6):  # non-finite distances where the protocol leaves images out
+        dm[q, (gp == qp[q]) & (gc == qc[q])] = [np.nan, np.inf][q % 2]
+    ref = ranking_metrics_reference(dm, qp, gp, qc, gc, return_per_query=True)
+    assert ref["num_valid"] > 60
+    assert_same_metrics(ranking_metrics(dm, qp, gp, qc, gc, return_per_query=True, chunk=9), ref)
+    dm[2, np.flatnonzero(gp != qp[2])[0]] = np.nan  # a valid image's distance: an error
+    with pytest.raises(ValueError, match="row 2 has NaN"):
+        ranking_metrics(dm, qp, gp, qc, gc)
