@@ -452,8 +452,8 @@ def k_reciprocal(
     k1: int = 20,
     k2: int = 6,
     lambda_value: float = 0.3,
-    block_size: int = 1024,
-    max_pairs: int = 2**24,
+    block_size: int = 512,
+    max_pairs: int = 2**22,
 ) -> np.ndarray:
     """k-reciprocal re-ranking of query `qf` [Q,D] against gallery `gf` [G,D] -> float32 [Q,G],
     equal to `k_reciprocal_reference` without any (Q+G)^2 matrix. Distances are computed
@@ -472,5 +472,6 @@ def k_reciprocal(
     weights = _weights(feat, table, top, half, recip_half, chunk)
     if k2 != 1:
         weights = _query_expansion(weights, table[0], k2, chunk)
+    del feat, table, top, half, recip_half  # the Jaccard pass needs only the weights
     _jaccard_into(out, weights, query_num, lambda_value, max_pairs)
     return out
