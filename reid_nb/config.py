@@ -618,17 +618,26 @@ _FIXED_KEYS = (  # (model key, why only its default is accepted)
     ("sie_view", _SIE_KEY),
 )
 
+# %% ../nbs/00_config.ipynb #6fbdcb12
+def _first_changed(section, keys):
+    "(key, value, default) of the first of `keys` where `section` differs from its class default."
+    default = type(section)()
+    for key in keys:
+        value, expected = getattr(section, key), getattr(default, key)
+        if value != expected:
+            return key, value, expected
+    return None
+
 # %% ../nbs/00_config.ipynb #c262df58
 def _check_fixed_keys(spec: Spec):
     "The reference keys that nothing here acts on keep their default values."
-    default = ModelConfig()
-    for key, why in _FIXED_KEYS:
-        value, expected = getattr(spec.model, key), getattr(default, key)
-        if value != expected:
-            raise SpecError(
-                f"model.{key}: {_shown(value)} is not supported ({why}); "
-                f"only the default {_shown(expected)} is accepted"
-            )
+    why = dict(_FIXED_KEYS)
+    if changed := _first_changed(spec.model, why):
+        key, value, expected = changed
+        raise SpecError(
+            f"model.{key}: {_shown(value)} is not supported ({why[key]}); "
+            f"only the default {_shown(expected)} is accepted"
+        )
 
 # %% ../nbs/00_config.ipynb #6e160e81
 _RESNET_ONLY = ("last_stride", "stem_relu", "stem_pool")
@@ -637,16 +646,15 @@ _SWIN_ONLY = ("reduce_feat_dim", "drop_path", "drop_out", "att_drop_rate", "sema
 
 def _check_backbone_keys(spec: Spec):
     "ResNet-only keys keep their defaults with a Swin, and Swin-only keys with a ResNet."
-    model, default = spec.model, ModelConfig()
+    model = spec.model
     swin = model.backbone in SWIN_WIDTHS
     family, others = ("ResNet", _RESNET_ONLY) if swin else ("Swin", _SWIN_ONLY)
-    for key in others:
-        value, expected = getattr(model, key), getattr(default, key)
-        if value != expected:
-            raise SpecError(
-                f"model.{key}: {_shown(value)} acts on {family} backbones only "
-                f"(model.backbone is {model.backbone}); leave it at {_shown(expected)}"
-            )
+    if changed := _first_changed(model, others):
+        key, value, expected = changed
+        raise SpecError(
+            f"model.{key}: {_shown(value)} acts on {family} backbones only "
+            f"(model.backbone is {model.backbone}); leave it at {_shown(expected)}"
+        )
 
 # %% ../nbs/00_config.ipynb #b877c0ea
 def _check_swin_width(spec: Spec):
@@ -664,20 +672,18 @@ def _check_swin_width(spec: Spec):
 # %% ../nbs/00_config.ipynb #fe64fcab
 def _check_id_head(spec: Spec):
     "Margin heads need the BNNeck; `cosine_scale`/`cosine_margin` need a margin head."
-    model, optim, default = spec.model, spec.train.optim, OptimConfig()
+    model = spec.model
     if model.id_loss_type != "softmax" and model.neck != "bnneck":
         raise SpecError(
             f"model.neck: the {model.id_loss_type} head (model.id_loss_type) needs 'bnneck' "
             "(margin heads classify the BNNeck feature), got ''"
         )
-    if model.id_loss_type != "softmax":
-        return
-    for key in ("cosine_scale", "cosine_margin"):
-        if getattr(optim, key) != getattr(default, key):
-            raise SpecError(
-                f"train.optim.{key}: only the margin heads read it; model.id_loss_type is "
-                "softmax (expected arcface, cosface, amsoftmax or circle)"
-            )
+    changed = _first_changed(spec.train.optim, ("cosine_scale", "cosine_margin"))
+    if model.id_loss_type == "softmax" and changed:
+        raise SpecError(
+            f"train.optim.{changed[0]}: only the margin heads read it; model.id_loss_type is "
+            "softmax (expected arcface, cosface, amsoftmax or circle)"
+        )
 
 # %% ../nbs/00_config.ipynb #fa019cfe
 _SCHEDULE_KEYS = dict(linear=("warmup_epochs",), cosine=("warmup_iters", "lr_steps", "gamma"))
@@ -685,20 +691,19 @@ _SCHEDULE_KEYS = dict(linear=("warmup_epochs",), cosine=("warmup_iters", "lr_ste
 
 def _check_schedule_keys(spec: Spec):
     "The keys of the warmup method not chosen keep their defaults."
-    optim, default = spec.train.optim, OptimConfig()
+    optim = spec.train.optim
     method = optim.warmup_method
     if method == "cosine" and optim.lr_scheduler != "warmup_multistep":
         raise SpecError(
             f"train.optim.lr_scheduler: {optim.lr_scheduler} cannot follow warmup_method "
             "cosine (the cosine schedule decays on its own); expected warmup_multistep"
         )
-    for key in _SCHEDULE_KEYS[method]:
-        value, expected = getattr(optim, key), getattr(default, key)
-        if value != expected:
-            raise SpecError(
-                f"train.optim.{key}: {_shown(value)} is not read with warmup_method {method}; "
-                f"leave it at {_shown(expected)}"
-            )
+    if changed := _first_changed(optim, _SCHEDULE_KEYS[method]):
+        key, value, expected = changed
+        raise SpecError(
+            f"train.optim.{key}: {_shown(value)} is not read with warmup_method {method}; "
+            f"leave it at {_shown(expected)}"
+        )
 
 # %% ../nbs/00_config.ipynb #b07c3c4e
 def _check_amp(spec: Spec):

@@ -156,15 +156,20 @@ def torchreid_module(name: str, module: str):
     return loaded
 
 
-@pytest.mark.slow
-def test_torchreid_resnet50_embeddings_match(tmp_path):
+def torchreid_resnet50(tmp_path, num_classes: int, **state):
+    "A calibrated torchreid ResNet-50, saved by torchreid's `save_checkpoint` with `state`."
     torchreid_module("torchreid.reid.utils.tools", "utils.tools")
     torchtools = torchreid_module("torchreid.reid.utils.torchtools", "utils.torchtools")
     resnet = torchreid_module("torchreid.reid.models.resnet", "models.resnet")
     torch.manual_seed(0)
-    source = calibrate(resnet.resnet50(num_classes=10, loss="softmax", pretrained=False))
-    state = {"state_dict": source.state_dict(), "epoch": 60, "rank1": 0.5}
-    torchtools.save_checkpoint(state, str(tmp_path))  # model.pth.tar-60
+    source = calibrate(resnet.resnet50(num_classes=num_classes, loss="softmax", pretrained=False))
+    torchtools.save_checkpoint({"state_dict": source.state_dict(), **state}, str(tmp_path))
+    return source  # in tmp_path/model.pth.tar-{epoch}
+
+
+@pytest.mark.slow
+def test_torchreid_resnet50_embeddings_match(tmp_path):
+    source = torchreid_resnet50(tmp_path, 10, epoch=60, rank1=0.5)  # model.pth.tar-60
     spec = spec_of("model.feat_dim=2048", "dataset.num_classes=10")
     report = import_checkpoint(
         spec, "torchreid", tmp_path / "model.pth.tar-60", tmp_path / "out.pth", verbose=False
@@ -306,12 +311,7 @@ def fastreid_file(tmp_path):
 
 
 def torchreid_file(tmp_path):
-    torchreid_module("torchreid.reid.utils.tools", "utils.tools")
-    torchtools = torchreid_module("torchreid.reid.utils.torchtools", "utils.torchtools")
-    resnet = torchreid_module("torchreid.reid.models.resnet", "models.resnet")
-    torch.manual_seed(0)
-    source = calibrate(resnet.resnet50(num_classes=12, loss="softmax", pretrained=False))
-    torchtools.save_checkpoint({"state_dict": source.state_dict(), "epoch": 1}, str(tmp_path))
+    torchreid_resnet50(tmp_path, 12, epoch=1)
     return tmp_path / "model.pth.tar-1", ["model.backbone=resnet_50", "model.feat_dim=2048"]
 
 
