@@ -40,10 +40,11 @@ nbtest: $(STAMP)
 pytest: $(STAMP) $(PEERS)
 	$(BIN)/python -m pytest -m "not slow" tests
 
-## Everything, the slow checks included.
+## The slow checks: every notebook with its slow cells, and the pytest marked slow. Together with
+## `make test` (the rest), this is everything; CI runs both.
 test-slow: $(STAMP) $(PEERS) sync-check
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --flags slow
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -m slow tests
 
 ## ruff (pinned in settings.ini, configured in ruff.toml): the notebooks, tests, benchmarks, docs.
 LINTED := nbs tests benchmarks docs

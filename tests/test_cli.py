@@ -172,7 +172,14 @@ def _snapshot(folder):
     }
 
 
-@pytest.mark.parametrize("task", ["evaluate", "inference", "export"])
+@pytest.mark.parametrize(  # inference in `make test`; the two longer ones in `make test-slow`
+    "task",
+    [
+        pytest.param("evaluate", marks=pytest.mark.slow),
+        "inference",
+        pytest.param("export", marks=pytest.mark.slow),
+    ],
+)
 def test_a_run_never_replaces_another_runs_results(task, spec_file, tmp_path):
     "Issue 19: a saved spec with results_dir=/elsewhere writes there; the first folder stays."
     first = random_init_checkpoint(load_spec(spec_file), tmp_path / "first.pth")
@@ -201,6 +208,7 @@ def test_a_run_never_replaces_another_runs_results(task, spec_file, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
 
 
+@pytest.mark.slow  # runs every task (about 100 s on 2 cores)
 def test_every_file_a_task_writes_has_the_mode_open_gives(spec_file, tmp_path):
     "Issue 19: under umask 022 every file of the four tasks (their reports too) has mode 0644."
     ckpt = tmp_path / "results" / "train" / "reid_model_latest.pth"
