@@ -65,11 +65,13 @@ def _precision_rows(train: dict) -> list[str]:
             best = train.get(f"{model}_{kind}_bf16_channels_last_img_s", nan)
             plain = train.get(f"{model}_{kind}_float32_img_s", nan)
             layout = train.get(f"{model}_{kind}_channels_last_img_s", nan)
-            rows.append(
-                f"| {name} {what}, {train.get(f'{model}_input', '?')}, batch 64, CPU "
-                f"| {best:.3g} img/s bf16 + channels_last ({bf16}); {layout:.3g} channels_last "
-                f"| {plain:.3g} img/s float32 | {best / plain:.3g}x |"
-            )
+            where = f"| {name} {what}, {train.get(f'{model}_input', '?')}, batch 64, CPU "
+            if best == best:  # measured
+                ours = f"{best:.3g} img/s bf16 + channels_last ({bf16}); {layout:.3g} channels_last"
+            else:  # bf16 left out (emulated): channels_last is the best float32 can do
+                best = layout
+                ours = f"{layout:.3g} img/s channels_last (bf16 emulated here: not measured)"
+            rows.append(f"{where}| {ours} | {plain:.3g} img/s float32 | {best / plain:.3g}x |")
     compiled = train.get("demo_train_compiled_over_eager")
     if compiled is not None:
         rows.append(
@@ -98,7 +100,8 @@ def headline(results: dict) -> str:
         f"| {metrics.get('reference_s', float('nan')):.3g} s (sort-then-scan) "
         f"| {metrics.get('speedup_vs_reference', float('nan')):.3g}x faster |",
         f"| evaluation (distances, then mAP/CMC/mINP), {metrics.get('msmt_problem', '?')} "
-        f"| {metrics.get('msmt_seconds', float('nan')):.3g} s, peak "
+        f"| {metrics.get('msmt_seconds', float('nan')):.3g} s in a fresh process, "
+        f"{metrics.get('msmt_again_seconds', float('nan')):.3g} s again in it; peak "
         f"{metrics.get('msmt_peak_gb', float('nan')):.2g} GB | | |",
         f"| re-ranking, {rerank.get('market_problem', '?')}: time "
         f"| {rerank.get('market_fast_seconds', float('nan')):.3g} s "
